@@ -1,14 +1,15 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! asap-proxy: an HTTP proxy that adds an ASAP bearer token to every routed request.
+//!
+//! The binary is a thin wrapper over [`cli::main`]; the pieces a request passes through are
+//! [`server`] (listeners), [`proxy`] (the pipeline), [`routes`] (matching), [`token`]
+//! (minting) and [`upstream`] (the pooled client), all driven by a checked [`config`].
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod cli;
+pub mod config;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+pub mod token;
+pub mod upstream;

@@ -1,0 +1,306 @@
+//! The command line: `run`, `check`, `token`, `keygen` and `public-key`.
+//!
+//! Exit codes: 0 success, 1 a runtime failure, 2 bad command-line usage, 78 an invalid
+//! configuration or key (`EX_CONFIG` from sysexits.h).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, Origin};
+use crate::proxy::Proxy;
+use crate::routes::Host;
+use crate::server::{self, Listeners};
+use crate::telemetry::{self, LogFormat};
+use crate::token::{self, Algorithm, KeyId, SigningKey};
+
+/// Exit code for an invalid configuration or key.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// How long requests in flight may take to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "asap-proxy",
+    version,
+    about = "HTTP proxy that signs every routed request with an ASAP token"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy until SIGINT or SIGTERM.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log line format on standard error.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate the configuration and keys, and print the route table (never secrets).
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print a freshly minted token for the route that URL matches.
+    ///
+    /// For example: curl -H "Authorization: Bearer $(asap-proxy token -c proxy.yaml URL)" URL
+    Token {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The URL whose route to use, such as https://api.example.com/v1/items.
+        url: String,
+    },
+    /// Generate a private key (PKCS#8 PEM, mode 0600) and its public key to publish.
+    ///
+    /// Writes DIR/private/<kid>.pem and DIR/public/<kid>: the public file's path below
+    /// DIR/public is the path under which a key repository serves it.
+    Keygen {
+        /// Signing algorithm the key is for.
+        #[arg(long, value_parser = parse_algorithm)]
+        algorithm: Algorithm,
+        /// Key id, starting with the issuer, such as my-service/2026-12-01.
+        #[arg(long)]
+        kid: String,
+        /// Directory to write the keys into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the public key (SubjectPublicKeyInfo PEM) of every configured key, with its kid.
+    PublicKey {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(
+        short,
+        long = "config",
+        env = "ASAP_PROXY_CONFIG",
+        default_value = "proxy.yaml"
+    )]
+    config: PathBuf,
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    s.parse()
+        .map_err(|e: token::UnknownAlgorithm| e.to_string())
+}
+
+/// Parses the command line, runs the command and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Command::Run { log_format, .. } => *log_format,
+        _ => LogFormat::Text,
+    };
+    telemetry::init(log_format);
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<config::Error>() => {
+            eprintln!("asap-proxy: invalid configuration: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(err) => {
+            eprintln!("asap-proxy: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config, .. } => run(&config.config),
+        Command::Check { config } => check(&config.config),
+        Command::Token { config, url } => print_token(&config.config, &url),
+        Command::Keygen {
+            algorithm,
+            kid,
+            out,
+        } => keygen(algorithm, &kid, &out),
+        Command::PublicKey { config } => public_keys(&config.config),
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Ok(config::load(path)?)
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Arc::new(load(path)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let proxy = Arc::new(Proxy::new(config.clone()).context("cannot set up upstream TLS")?);
+        let listeners = Listeners::bind(&config).await?;
+        tracing::info!(routes = config.routes.len(), config = %path.display(), "asap-proxy started");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signal_shutdown(shutdown.clone()));
+        server::run(proxy, listeners, shutdown, DRAIN).await;
+        tracing::info!("asap-proxy stopped");
+        Ok(())
+    })
+}
+
+async fn signal_shutdown(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+    shutdown.cancel();
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}: ok", path.display())?;
+    if let Some(listen) = config.listen {
+        writeln!(out, "forward listener  {listen}")?;
+    }
+    for r in &config.reverse {
+        writeln!(out, "reverse listener  {} -> {}", r.listen, r.upstream)?;
+    }
+    let unmatched = match config.unmatched {
+        config::Unmatched::Deny => "deny (403)",
+        config::Unmatched::Forward => "forward without a token",
+    };
+    writeln!(out, "unmatched hosts   {unmatched}")?;
+    writeln!(out, "routes:")?;
+    for (rule, route) in config.routes.iter() {
+        let spec = route.minter.spec();
+        writeln!(
+            out,
+            "  [{}] {rule}{}\n      aud={} iss={} sub={} kid={} alg={} key={} expiry={}s reuse={}",
+            route.index,
+            if route.upstream_tls {
+                " (upstream over TLS)"
+            } else {
+                ""
+            },
+            spec.audience().as_slice().join(","),
+            spec.issuer(),
+            spec.subject(),
+            spec.kid(),
+            spec.algorithm(),
+            spec.key().kind(),
+            spec.lifetime().as_secs(),
+            route.minter.reuse(),
+        )?;
+    }
+    Ok(())
+}
+
+fn print_token(path: &Path, url: &str) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let uri: http::Uri = url.parse().with_context(|| "not a URL")?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => bail!("the URL must start with http:// or https://"),
+    };
+    let authority = uri.authority().context("the URL has no host")?;
+    let host = Host::parse(authority.host()).context("the URL's host is not valid")?;
+    let origin = Origin {
+        tls,
+        host,
+        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+    };
+    let route = config
+        .routes
+        .find(&origin.host, origin.port, uri.path())
+        .with_context(|| format!("no route matches {origin}{}", uri.path()))?;
+    let token = token::mint(route.minter.spec(), SystemTime::now())?;
+    println!("{}", token.as_str());
+    Ok(())
+}
+
+fn keygen(algorithm: Algorithm, kid: &str, out: &Path) -> anyhow::Result<()> {
+    let issuer = kid.split('/').next().unwrap_or_default();
+    let kid = KeyId::new(kid, issuer).map_err(|e| anyhow::anyhow!("--kid: {e}"))?;
+    let key = SigningKey::generate(algorithm)?;
+    let private_path = out.join("private").join(format!("{kid}.pem"));
+    let public_path = out.join("public").join(kid.as_str());
+    for path in [&private_path, &public_path] {
+        if path.exists() {
+            bail!("{} already exists; not overwriting a key", path.display());
+        }
+    }
+    write_file(&private_path, key.to_pkcs8_pem()?.as_bytes(), 0o600)?;
+    write_file(&public_path, key.public_key_pem().as_bytes(), 0o644)?;
+    println!("private key: {}", private_path.display());
+    println!(
+        "public key:  {}  (publish it in the key repository as {kid})",
+        public_path.display()
+    );
+    println!(
+        "\nasap:\n  issuer: {issuer}\n  kid: {kid}\n  algorithm: {algorithm}\n  private_key_file: {}",
+        private_path.display()
+    );
+    Ok(())
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn public_keys(path: &Path) -> anyhow::Result<()> {
+    let config = load(path)?;
+    // One entry per kid, however many routes share the key.
+    let mut keys = BTreeMap::new();
+    for (_, route) in config.routes.iter() {
+        let spec = route.minter.spec();
+        keys.entry(spec.kid().to_string())
+            .or_insert_with(|| spec.key().public_key_pem());
+    }
+    for (kid, pem) in keys {
+        println!("# kid: {kid}\n{pem}");
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! The proxy's configuration: reading `proxy.yaml` and resolving it into checked types.
+//!
+//! Loading happens in two steps. `raw` mirrors the YAML and rejects unknown keys; `resolve`
+//! checks every value, loads the keys and compiles the route table. Any error names the file,
+//! the line and column when known, and the key path, and no part of a bad file is used.
+
+mod raw;
+mod resolve;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::routes::{self, Host};
+use crate::token::Minter;
+
+/// A fully checked configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The forward-proxy listener, used as `HTTP_PROXY`.
+    pub listen: Option<SocketAddr>,
+    /// Local listeners that send everything to one upstream.
+    pub reverse: Vec<Reverse>,
+    pub routes: routes::Table<Route>,
+    pub unmatched: Unmatched,
+    pub tls: Tls,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug)]
+pub struct Reverse {
+    pub listen: SocketAddr,
+    pub upstream: Origin,
+}
+
+/// Scheme, host and port of an upstream, as in `https://api.example.com`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub tls: bool,
+    pub host: Host,
+    pub port: u16,
+}
+
+impl Origin {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// `host[:port]`, leaving out the scheme's default port as URIs conventionally do.
+    pub fn authority(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            self.host.to_string()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme(), self.authority())
+    }
+}
+
+/// One route: where its requests go and the token they carry.
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the file's `routes` list, for logs and errors.
+    pub index: usize,
+    /// Plain `http://` requests for this route travel upstream over TLS.
+    pub upstream_tls: bool,
+    pub minter: Arc<Minter>,
+}
+
+/// What happens to a request that matches no route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmatched {
+    /// Refuse with 403.
+    Deny,
+    /// Send it on unchanged, without a token.
+    Forward,
+}
+
+#[derive(Debug, Default)]
+pub struct Tls {
+    /// Extra roots trusted for upstream TLS, besides the system store.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing the TCP connection (and TLS handshake) to an upstream.
+    pub connect: Duration,
+    /// From sending the request upstream to receiving the response head.
+    pub response: Duration,
+    /// For a client to send a complete request head.
+    pub request_header: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            response: Duration::from_secs(60),
+            request_header: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Reads, checks and resolves a configuration file.
+pub fn load(path: &Path) -> Result<Config, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error {
+        file: path.to_owned(),
+        position: None,
+        key: None,
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Checks and resolves configuration text; `path` names it in errors and anchors relative
+/// paths in it.
+pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+    let file = resolve::read_yaml(text, path)?;
+    resolve::resolve(file, path)
+}
+
+/// A configuration error, located as precisely as the input allows. Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub struct Error {
+    pub file: PathBuf,
+    /// One-based line and column.
+    pub position: Option<(u64, u64)>,
+    /// Key path such as `routes[2].asap.kid`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}

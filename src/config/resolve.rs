@@ -1,0 +1,549 @@
+//! Turns the raw YAML mirror into a checked `Config`: values, keys, routes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::raw;
+use super::{Config, Error, Origin, Reverse, Route, Timeouts, Tls, Unmatched};
+use crate::routes::{self, Host, Rule};
+use crate::token::{Algorithm, Minter, SigningKey, SpecFields, TokenSpec};
+
+/// Parses YAML text into the raw mirror, locating any error by line, column and key path.
+pub(super) fn read_yaml(text: &str, path: &Path) -> Result<raw::File, Error> {
+    let mut key = None;
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            // `Spanned` wraps values in a `value` field the file never names.
+            let path = e.path().to_string();
+            key = Some(
+                path.split('.')
+                    .filter(|s| *s != "value")
+                    .collect::<Vec<_>>()
+                    .join("."),
+            );
+            e.into_inner()
+        })
+    });
+    parsed.map_err(|e| {
+        let e = e.without_snippet();
+        let position = e.location().map(|l| (l.line(), l.column()));
+        // The library appends the position to its message; it is already in our prefix.
+        let mut message = e.to_string();
+        if let Some(at) = message.rfind(" at line ") {
+            message.truncate(at);
+        }
+        Error {
+            file: path.to_owned(),
+            position,
+            key: key.filter(|k| k != "."),
+            message,
+        }
+    })
+}
+
+/// Builds errors that point into one file.
+struct Ctx<'a> {
+    file: &'a Path,
+    base_dir: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn error(
+        &self,
+        key: impl Into<String>,
+        at: Option<&Location>,
+        message: impl Into<String>,
+    ) -> Error {
+        Error {
+            file: self.file.to_owned(),
+            position: at.map(|l| (l.line(), l.column())),
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+
+    fn at<T>(
+        &self,
+        key: impl Into<String>,
+        value: &Spanned<T>,
+        message: impl Into<String>,
+    ) -> Error {
+        self.error(key, Some(&value.referenced), message)
+    }
+
+    /// Relative paths in the file are relative to the file's own directory.
+    fn path(&self, value: &str) -> PathBuf {
+        self.base_dir.join(value)
+    }
+}
+
+pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
+    let ctx = Ctx {
+        file: path,
+        base_dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+    };
+
+    let listen = file
+        .listen
+        .as_ref()
+        .map(|l| socket_addr(&ctx, "listen", l))
+        .transpose()?;
+    let reverse = file
+        .reverse
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Ok(Reverse {
+                listen: socket_addr(&ctx, format!("reverse[{i}].listen"), &r.listen)?,
+                upstream: origin(&ctx, format!("reverse[{i}].upstream"), &r.upstream)?,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    if listen.is_none() && reverse.is_empty() {
+        return Err(ctx.error(
+            "listen",
+            None,
+            "no listener configured: set `listen` (forward proxy) or add a `reverse` listener",
+        ));
+    }
+    check_distinct_listeners(&ctx, listen, &reverse)?;
+
+    let unmatched = match file.unmatched.as_ref() {
+        None => Unmatched::Deny,
+        Some(u) => match u.value.as_str() {
+            "deny" => Unmatched::Deny,
+            "forward" => Unmatched::Forward,
+            other => {
+                return Err(ctx.at(
+                    "unmatched",
+                    u,
+                    format!("unknown value {other:?}, expected \"deny\" or \"forward\""),
+                ));
+            }
+        },
+    };
+
+    let tls = Tls {
+        ca_file: match file.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+            None => None,
+            Some(ca) => {
+                let resolved = ctx.path(&ca.value);
+                if !resolved.is_file() {
+                    return Err(ctx.at(
+                        "tls.ca_file",
+                        ca,
+                        format!("no such file: {}", resolved.display()),
+                    ));
+                }
+                Some(resolved)
+            }
+        },
+    };
+
+    let timeouts = timeouts(&ctx, file.timeouts.as_ref())?;
+
+    let mut keys = KeyCache::default();
+    let mut table = Vec::with_capacity(file.routes.len());
+    for (index, route) in file.routes.iter().enumerate() {
+        table.push(resolve_route(
+            &ctx,
+            &mut keys,
+            file.asap.as_ref(),
+            index,
+            route,
+        )?);
+    }
+    let routes = routes::Table::new(table).map_err(|c| {
+        let host = &file.routes[c.second].host;
+        ctx.at(format!("routes[{}].host", c.second), host, c.to_string())
+    })?;
+
+    Ok(Config {
+        listen,
+        reverse,
+        routes,
+        unmatched,
+        tls,
+        timeouts,
+    })
+}
+
+fn socket_addr(
+    ctx: &Ctx<'_>,
+    key: impl Into<String>,
+    value: &Spanned<String>,
+) -> Result<SocketAddr, Error> {
+    value.value.parse().map_err(|_| {
+        ctx.at(
+            key,
+            value,
+            format!(
+                "{:?} is not an IP address with a port, such as 127.0.0.1:8080 or [::1]:8080",
+                value.value
+            ),
+        )
+    })
+}
+
+fn origin(ctx: &Ctx<'_>, key: String, value: &Spanned<String>) -> Result<Origin, Error> {
+    let bad = |why: &str| ctx.at(key.clone(), value, format!("{:?}: {why}", value.value));
+    let uri: http::Uri = value
+        .value
+        .parse()
+        .map_err(|_| bad("not a URL such as https://api.example.com"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad("the scheme must be http or https")),
+    };
+    let authority = uri.authority().ok_or_else(|| bad("the URL has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("user information in the URL is not supported"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad(
+            "the upstream must be an origin, without a path or query",
+        ));
+    }
+    let host = Host::parse(authority.host()).map_err(|e| bad(&e.to_string()))?;
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    Ok(Origin { tls, host, port })
+}
+
+fn check_distinct_listeners(
+    ctx: &Ctx<'_>,
+    listen: Option<SocketAddr>,
+    reverse: &[Reverse],
+) -> Result<(), Error> {
+    let mut seen: Vec<(SocketAddr, String)> = listen
+        .map(|a| (a, "listen".to_owned()))
+        .into_iter()
+        .collect();
+    for (i, r) in reverse.iter().enumerate() {
+        // Port 0 asks the system for a free port, so it never collides.
+        if r.listen.port() != 0
+            && let Some((_, first)) = seen.iter().find(|(a, _)| *a == r.listen)
+        {
+            return Err(ctx.error(
+                format!("reverse[{i}].listen"),
+                None,
+                format!("{} is already used by {first}", r.listen),
+            ));
+        }
+        seen.push((r.listen, format!("reverse[{i}].listen")));
+    }
+    Ok(())
+}
+
+fn timeouts(ctx: &Ctx<'_>, raw: Option<&raw::Timeouts>) -> Result<Timeouts, Error> {
+    let mut timeouts = Timeouts::default();
+    let Some(raw) = raw else { return Ok(timeouts) };
+    let fields = [
+        (
+            "timeouts.connect_seconds",
+            &raw.connect_seconds,
+            &mut timeouts.connect,
+        ),
+        (
+            "timeouts.response_seconds",
+            &raw.response_seconds,
+            &mut timeouts.response,
+        ),
+        (
+            "timeouts.request_header_seconds",
+            &raw.request_header_seconds,
+            &mut timeouts.request_header,
+        ),
+    ];
+    for (key, value, slot) in fields {
+        if let Some(value) = value {
+            *slot = Duration::try_from_secs_f64(value.value)
+                .ok()
+                .filter(|d| !d.is_zero() && d.as_secs() <= 24 * 3600)
+                .ok_or_else(|| {
+                    ctx.at(
+                        key,
+                        value,
+                        "must be a number of seconds above 0 and at most 86400",
+                    )
+                })?;
+        }
+    }
+    Ok(timeouts)
+}
+
+/// Parsed keys by where they were configured, so a key shared by many routes loads once.
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, (Arc<SigningKey>, Option<String>)>,
+}
+
+/// One `asap` setting after merging defaults with a route's overrides, with the key path
+/// of the level it came from.
+struct Setting<'a, T> {
+    key: String,
+    value: &'a Spanned<T>,
+}
+
+fn pick<'a, T>(
+    route: Option<&'a raw::Asap>,
+    route_key: &str,
+    defaults: Option<&'a raw::Asap>,
+    field: &str,
+    get: impl Fn(&'a raw::Asap) -> Option<&'a Spanned<T>>,
+) -> Option<Setting<'a, T>> {
+    if let Some(value) = route.and_then(&get) {
+        return Some(Setting {
+            key: format!("{route_key}.{field}"),
+            value,
+        });
+    }
+    defaults.and_then(get).map(|value| Setting {
+        key: format!("asap.{field}"),
+        value,
+    })
+}
+
+fn resolve_route(
+    ctx: &Ctx<'_>,
+    keys: &mut KeyCache,
+    defaults: Option<&raw::Asap>,
+    index: usize,
+    route: &raw::Route,
+) -> Result<(Rule, Route), Error> {
+    let here = format!("routes[{index}]");
+    let asap_key = format!("{here}.asap");
+    let own = route.asap.as_ref();
+    let setting = |field: &str, get: fn(&raw::Asap) -> Option<&Spanned<String>>| {
+        pick(own, &asap_key, defaults, field, get)
+    };
+    let missing = |field: &str| {
+        ctx.error(
+            format!("{asap_key}.{field}"),
+            Some(&route.host.referenced),
+            format!("no {field} for this route: set asap.{field}, or {field} in the route's own asap section"),
+        )
+    };
+
+    let (host, port) = Rule::parse_host(&route.host.value).map_err(|e| {
+        ctx.at(
+            format!("{here}.host"),
+            &route.host,
+            format!("{:?}: {e}", route.host.value),
+        )
+    })?;
+    let path_prefix = match &route.path_prefix {
+        None => None,
+        Some(p) if p.value.starts_with('/') && !p.value.contains(['?', '#']) => {
+            Some(p.value.clone())
+        }
+        Some(p) => {
+            return Err(ctx.at(
+                format!("{here}.path_prefix"),
+                p,
+                "must start with / and contain no query or fragment",
+            ));
+        }
+    };
+
+    let audience = match &route.audience {
+        None => {
+            return Err(ctx.error(
+                format!("{here}.audience"),
+                Some(&route.host.referenced),
+                "every route needs an audience: the name the upstream service expects in `aud`",
+            ));
+        }
+        Some(a) => a.value.0.clone(),
+    };
+
+    let issuer = setting("issuer", |a| a.issuer.as_ref()).ok_or_else(|| missing("issuer"))?;
+    let algorithm_setting =
+        setting("algorithm", |a| a.algorithm.as_ref()).ok_or_else(|| missing("algorithm"))?;
+    let algorithm: Algorithm = algorithm_setting.value.value.parse().map_err(|e| {
+        ctx.at(
+            &algorithm_setting.key,
+            algorithm_setting.value,
+            format!("{e}"),
+        )
+    })?;
+
+    let (key, key_kid, key_setting) = load_key(ctx, keys, own, &asap_key, defaults)?;
+    let kid_setting = setting("kid", |a| a.kid.as_ref());
+    let kid = match (&kid_setting, key_kid) {
+        (Some(k), Some(from_key)) if k.value.value != from_key => {
+            return Err(ctx.at(
+                &k.key,
+                k.value,
+                format!(
+                    "kid {:?} differs from the kid {from_key:?} in the key's data URI",
+                    k.value.value
+                ),
+            ));
+        }
+        (Some(k), _) => k.value.value.clone(),
+        (None, Some(from_key)) => from_key,
+        (None, None) => return Err(missing("kid")),
+    };
+
+    if let Err(e) = key.check_algorithm(algorithm) {
+        return Err(ctx.at(
+            &algorithm_setting.key,
+            algorithm_setting.value,
+            format!("{e} (key from {})", key_setting),
+        ));
+    }
+
+    let expiry = pick(own, &asap_key, defaults, "expiry", |a| a.expiry.as_ref());
+    let lifetime = match &expiry {
+        None => Duration::from_secs(3600),
+        Some(e) if (1..=3600).contains(&e.value.value) => {
+            Duration::from_secs(e.value.value.unsigned_abs())
+        }
+        Some(e) => return Err(ctx.at(&e.key, e.value, "must be between 1 and 3600 seconds")),
+    };
+    let claims = pick(own, &asap_key, defaults, "additional_claims", |a| {
+        a.additional_claims.as_ref()
+    });
+    let additional_claims = claims
+        .as_ref()
+        .map(|c| c.value.value.clone().into_iter().collect())
+        .unwrap_or_default();
+    let reuse = own
+        .and_then(|a| a.reuse)
+        .or(defaults.and_then(|a| a.reuse))
+        .unwrap_or(true);
+
+    let subject = setting("subject", |a| a.subject.as_ref());
+    let spec = TokenSpec::new(SpecFields {
+        algorithm,
+        kid,
+        issuer: issuer.value.value.clone(),
+        subject: subject.as_ref().map(|s| s.value.value.clone()),
+        audience,
+        lifetime,
+        additional_claims,
+        key,
+    })
+    .map_err(|e| {
+        // Point at the setting the error is about, falling back to the route itself.
+        let (key, at) = match e.field() {
+            "kid" => kid_setting
+                .as_ref()
+                .map_or((format!("{asap_key}.kid"), None), |k| {
+                    (k.key.clone(), Some(&k.value.referenced))
+                }),
+            "issuer" => (issuer.key.clone(), Some(&issuer.value.referenced)),
+            "subject" => subject
+                .as_ref()
+                .map_or((format!("{asap_key}.subject"), None), |s| {
+                    (s.key.clone(), Some(&s.value.referenced))
+                }),
+            "audience" => (
+                format!("{here}.audience"),
+                route.audience.as_ref().map(|a| &a.referenced),
+            ),
+            "additional_claims" => claims
+                .as_ref()
+                .map_or((format!("{asap_key}.additional_claims"), None), |c| {
+                    (c.key.clone(), Some(&c.value.referenced))
+                }),
+            _ => (asap_key.clone(), None),
+        };
+        ctx.error(key, at.or(Some(&route.host.referenced)), e.to_string())
+    })?;
+
+    let rule = Rule {
+        host,
+        port,
+        path_prefix,
+    };
+    let route = Route {
+        index,
+        upstream_tls: route.upstream_tls,
+        minter: Arc::new(Minter::new(Arc::new(spec), reuse)),
+    };
+    Ok((rule, route))
+}
+
+/// Loads the route's key: from the route's own `asap` if it names a key source there, else
+/// from the defaults. Returns the key, a kid carried by a data URI, and the key path used.
+fn load_key(
+    ctx: &Ctx<'_>,
+    cache: &mut KeyCache,
+    own: Option<&raw::Asap>,
+    own_key: &str,
+    defaults: Option<&raw::Asap>,
+) -> Result<(Arc<SigningKey>, Option<String>, String), Error> {
+    let level = [(own, own_key), (defaults, "asap")]
+        .into_iter()
+        .find_map(|(asap, key)| asap.filter(|a| has_key_source(a)).map(|a| (a, key)));
+    let Some((asap, level_key)) = level else {
+        return Err(ctx.error(
+            format!("{own_key}.private_key_file"),
+            None,
+            "no private key: set one of private_key_file, private_key or private_key_env",
+        ));
+    };
+
+    let sources = [
+        ("private_key_file", &asap.private_key_file),
+        ("private_key", &asap.private_key),
+        ("private_key_env", &asap.private_key_env),
+    ];
+    let mut given = sources
+        .iter()
+        .filter_map(|(name, v)| v.as_ref().map(|v| (*name, v)));
+    let (field, value) = given.next().expect("has_key_source found one");
+    let setting_key = format!("{level_key}.{field}");
+    if let Some((other, v)) = given.next() {
+        return Err(ctx.at(
+            format!("{level_key}.{other}"),
+            v,
+            format!("set only one of private_key_file, private_key and private_key_env ({field} is set too)"),
+        ));
+    }
+    if let Some((key, kid)) = cache.keys.get(&setting_key) {
+        return Ok((key.clone(), kid.clone(), setting_key));
+    }
+
+    let text = match field {
+        "private_key_file" => {
+            let path = ctx.path(&value.value);
+            std::fs::read_to_string(&path).map_err(|e| {
+                ctx.at(
+                    &setting_key,
+                    value,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+        }
+        "private_key_env" => std::env::var(&value.value).map_err(|_| {
+            ctx.at(
+                &setting_key,
+                value,
+                format!(
+                    "the environment variable {} is not set or not valid UTF-8",
+                    value.value
+                ),
+            )
+        })?,
+        _ => value.value.clone(),
+    };
+    let parsed =
+        SigningKey::parse(&text).map_err(|e| ctx.at(&setting_key, value, e.to_string()))?;
+    let key = Arc::new(parsed.key);
+    cache
+        .keys
+        .insert(setting_key.clone(), (key.clone(), parsed.kid.clone()));
+    Ok((key, parsed.kid, setting_key))
+}
+
+fn has_key_source(asap: &raw::Asap) -> bool {
+    asap.private_key_file.is_some() || asap.private_key.is_some() || asap.private_key_env.is_some()
+}

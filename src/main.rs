@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    asap_proxy::cli::main()
+}

@@ -1,0 +1,163 @@
+//! Why a request failed, whose fault it was, and the response the client gets for it.
+//!
+//! Every failure the proxy itself answers carries a `Proxy-Status` header (RFC 9209) naming
+//! the error type, and a short plain-text body. Messages never contain a secret.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::{self, Body};
+
+/// Name this proxy uses for itself in `Proxy-Status`.
+pub const PROXY_NAME: &str = "asap-proxy";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("no route for {0} and unmatched requests are denied")]
+    Unmatched(String),
+    #[error("the token for route {route} could not be minted")]
+    Mint { route: usize },
+    #[error("upstream {authority} could not be reached: {reason}")]
+    Connect { authority: String, reason: String },
+    #[error("TLS with upstream {authority} failed: {reason}")]
+    Tls { authority: String, reason: String },
+    #[error("upstream {authority} presented an untrusted certificate: {reason}")]
+    TlsCertificate { authority: String, reason: String },
+    #[error("upstream {authority} did not connect in time")]
+    ConnectTimeout { authority: String },
+    #[error("upstream {authority} did not respond in time")]
+    ResponseTimeout { authority: String },
+    #[error("upstream {authority} failed: {reason}")]
+    Upstream { authority: String, reason: String },
+}
+
+impl Error {
+    /// Classifies a failed upstream exchange by walking the error's causes.
+    pub fn from_upstream(authority: &str, err: &hyper_util::client::legacy::Error) -> Error {
+        let authority = authority.to_owned();
+        let mut reason = None;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cause {
+            if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+                let reason = tls.to_string();
+                return match tls {
+                    rustls::Error::InvalidCertificate(_) => {
+                        Error::TlsCertificate { authority, reason }
+                    }
+                    _ => Error::Tls { authority, reason },
+                };
+            }
+            reason = Some(e.to_string());
+            cause = match e.downcast_ref::<std::io::Error>() {
+                Some(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                    return Error::ConnectTimeout { authority };
+                }
+                // An I/O error's `source` skips the error it wraps; look at that one itself.
+                Some(io) => match io.get_ref() {
+                    Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                    None => None,
+                },
+                None => e.source(),
+            };
+        }
+        let reason = reason.unwrap_or_else(|| err.to_string());
+        if err.is_connect() {
+            Error::Connect { authority, reason }
+        } else {
+            Error::Upstream { authority, reason }
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unmatched(_) => StatusCode::FORBIDDEN,
+            Error::Mint { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Connect { .. }
+            | Error::Tls { .. }
+            | Error::TlsCertificate { .. }
+            | Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Error::ConnectTimeout { .. } | Error::ResponseTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// The RFC 9209 error type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::BadRequest(_) => "http_request_error",
+            Error::Unmatched(_) => "http_request_denied",
+            Error::Mint { .. } => "proxy_internal_error",
+            Error::Connect { .. } => "destination_unavailable",
+            Error::Tls { .. } => "tls_protocol_error",
+            Error::TlsCertificate { .. } => "tls_certificate_error",
+            Error::ConnectTimeout { .. } => "connection_timeout",
+            Error::ResponseTimeout { .. } => "http_response_timeout",
+            Error::Upstream { .. } => "http_protocol_error",
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let details = self.to_string();
+        let proxy_status = format!(
+            "{PROXY_NAME}; error={}; details={}",
+            self.kind(),
+            quoted_string(&details)
+        );
+        let mut response = Response::new(body::full(Bytes::from(format!("{details}\n"))));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Ok(value) = HeaderValue::from_str(&proxy_status) {
+            headers.insert("proxy-status", value);
+        }
+        response
+    }
+}
+
+/// An RFC 8941 sf-string: printable ASCII with `"` and `\` escaped.
+fn quoted_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_status_is_a_structured_field() {
+        let response = Error::Connect {
+            authority: "api.test:443".into(),
+            reason: "connection refused \"quoted\" \u{e9}".into(),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let value = response.headers()["proxy-status"].to_str().expect("ascii");
+        assert_eq!(
+            value,
+            "asap-proxy; error=destination_unavailable; details=\"upstream api.test:443 could not be \
+             reached: connection refused \\\"quoted\\\" ?\""
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! Header rules for both directions: hop-by-hop removal, `Via`, and the upstream `Host`.
+
+use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), plus the
+/// proxy's own credentials and the obsolete `Proxy-Connection`.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header named by any `Connection` line.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Appends this proxy to `Via` (RFC 9110 section 7.6.3), keeping earlier entries.
+pub fn append_via(headers: &mut HeaderMap, version: Version, pseudonym: &str) {
+    let protocol = match version {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    if let Ok(value) = HeaderValue::from_str(&format!("{protocol} {pseudonym}")) {
+        headers.append(header::VIA, value);
+    }
+}
+
+/// Replaces whatever `Authorization` the client sent with exactly one bearer token.
+pub fn set_bearer(
+    headers: &mut HeaderMap,
+    token: &str,
+) -> Result<(), http::header::InvalidHeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))?;
+    value.set_sensitive(true);
+    headers.insert(header::AUTHORIZATION, value);
+    Ok(())
+}
+
+/// Sets `Host` to the upstream authority, replacing any value the client sent.
+pub fn set_host(
+    headers: &mut HeaderMap,
+    authority: &str,
+) -> Result<(), http::header::InvalidHeaderValue> {
+    headers.insert(header::HOST, HeaderValue::from_str(authority)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("valid name"),
+                HeaderValue::from_str(value).expect("valid value"),
+            );
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn removes_fixed_and_connection_named_headers() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("connection", "x-other-hop"),
+            ("x-secret-hop", "1"),
+            ("x-other-hop", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic dXNlcjpwYXNz"),
+            ("proxy-authenticate", "Basic"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+            ("x-end-to-end", "kept"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["accept", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn connection_tokens_tolerate_spaces_and_junk() {
+        let mut headers = map(&[
+            ("connection", " ,x-a ,, bad header ,"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["x-b"]);
+    }
+
+    #[test]
+    fn via_appends() {
+        let mut headers = map(&[("via", "1.0 fred")]);
+        append_via(&mut headers, Version::HTTP_11, "asap-proxy");
+        let vias: Vec<_> = headers.get_all(header::VIA).iter().collect();
+        assert_eq!(vias, ["1.0 fred", "1.1 asap-proxy"]);
+    }
+
+    #[test]
+    fn bearer_replaces_every_authorization() {
+        let mut headers = map(&[("authorization", "Basic a"), ("authorization", "Bearer b")]);
+        set_bearer(&mut headers, "t.o.k").expect("valid token");
+        let values: Vec<_> = headers.get_all(header::AUTHORIZATION).iter().collect();
+        assert_eq!(values, ["Bearer t.o.k"]);
+        assert!(values[0].is_sensitive());
+    }
+}

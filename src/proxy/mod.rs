@@ -1,0 +1,229 @@
+//! The request pipeline shared by every listener.
+//!
+//! A request goes through the same steps, in this order: find its target (from the
+//! absolute-form URI on the forward listener, from the configured upstream on a reverse
+//! listener), match the route, mint the route's token, forward it upstream with the header
+//! rules applied, and hand the response back.
+
+mod body;
+mod error;
+pub mod headers;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+pub use self::body::Body;
+pub use self::error::{Error, PROXY_NAME};
+use crate::config::{Config, Origin, Route, Unmatched};
+use crate::routes::Host;
+use crate::token::Provenance;
+use crate::upstream;
+
+/// Which listener a request arrived on.
+#[derive(Clone, Debug)]
+pub enum Entry {
+    /// The forward proxy: requests name their target in absolute form.
+    Forward,
+    /// A local listener in front of one upstream.
+    Reverse(Origin),
+}
+
+/// Everything a request needs: routes, policy and the upstream client.
+#[derive(Debug)]
+pub struct Proxy {
+    config: Arc<Config>,
+    client: upstream::Client,
+}
+
+/// Where a request is going, before route-specific rewriting.
+#[derive(Debug)]
+struct Target {
+    origin: Origin,
+    path_and_query: PathAndQuery,
+}
+
+impl Proxy {
+    pub fn new(config: Arc<Config>) -> Result<Proxy, crate::tls::Error> {
+        let client = upstream::Client::new(&config.tls, &config.timeouts)?;
+        Ok(Proxy { config, client })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Serves one request; failures become responses with a `Proxy-Status` header.
+    pub async fn handle(&self, request: Request<Incoming>, entry: &Entry) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let result = self.forward(request, entry).await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(response) => {
+                tracing::debug!(%method, status = response.status().as_u16(), ?elapsed, "forwarded");
+                response
+            }
+            Err(err) => {
+                if matches!(err, Error::Mint { .. }) {
+                    tracing::error!(%method, error = %err, "request refused");
+                } else {
+                    tracing::debug!(%method, error = %err, ?elapsed, "request refused");
+                }
+                err.into_response()
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        entry: &Entry,
+    ) -> Result<Response<Body>, Error> {
+        let target = target(&request, entry)?;
+        let span =
+            tracing::debug_span!("request", host = %target.origin.host, port = target.origin.port);
+        let _enter = span.enter();
+
+        let path = target.path_and_query.path();
+        let (origin, token) =
+            match self
+                .config
+                .routes
+                .find(&target.origin.host, target.origin.port, path)
+            {
+                Some(route) => {
+                    let origin = upstream_origin(&target.origin, route);
+                    let (token, provenance) = route.minter.token().await.map_err(|err| {
+                        tracing::error!(route = route.index, error = %err, "cannot mint token");
+                        Error::Mint { route: route.index }
+                    })?;
+                    tracing::trace!(
+                        route = route.index,
+                        reused = matches!(provenance, Provenance::Reused),
+                        "token ready"
+                    );
+                    (origin, Some(token))
+                }
+                None if self.config.unmatched == Unmatched::Forward => {
+                    (target.origin.clone(), None)
+                }
+                None => return Err(Error::Unmatched(target.origin.authority())),
+            };
+
+        let authority = origin.authority();
+        let (mut parts, body) = request.into_parts();
+        let client_version = parts.version;
+        parts.uri = Uri::builder()
+            .scheme(if origin.tls {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            })
+            .authority(authority.as_str())
+            .path_and_query(target.path_and_query)
+            .build()
+            .map_err(|_| Error::BadRequest("the request target cannot be rebuilt"))?;
+        parts.version = Version::HTTP_11;
+        headers::remove_hop_by_hop(&mut parts.headers);
+        headers::set_host(&mut parts.headers, &authority)
+            .map_err(|_| Error::BadRequest("invalid host"))?;
+        if let Some(token) = &token {
+            headers::set_bearer(&mut parts.headers, token.as_str())
+                .map_err(|_| Error::Mint { route: usize::MAX })?;
+        }
+        headers::append_via(&mut parts.headers, client_version, PROXY_NAME);
+
+        let response = self
+            .client
+            .send(Request::from_parts(parts, body), &authority)
+            .await?;
+
+        let (mut parts, body) = response.into_parts();
+        let upstream_version = parts.version;
+        headers::remove_hop_by_hop(&mut parts.headers);
+        headers::append_via(&mut parts.headers, upstream_version, PROXY_NAME);
+        Ok(Response::from_parts(parts, body::stream(body)))
+    }
+}
+
+/// Reads the target of a request as its listener defines it.
+fn target(request: &Request<Incoming>, entry: &Entry) -> Result<Target, Error> {
+    let uri = request.uri();
+    if request.method() == Method::CONNECT {
+        // TODO(#3): tunnels and TLS interception.
+        return Err(Error::BadRequest("CONNECT is not supported yet"));
+    }
+    let path_and_query = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match entry {
+        Entry::Reverse(origin) => Ok(Target {
+            origin: origin.clone(),
+            path_and_query,
+        }),
+        Entry::Forward => {
+            let tls = match uri.scheme_str() {
+                Some("http") => false,
+                Some("https") => true,
+                Some(_) => {
+                    return Err(Error::BadRequest("only http and https URLs can be proxied"));
+                }
+                None => {
+                    return Err(Error::BadRequest(
+                        "a proxy request needs an absolute URL such as GET http://host/path",
+                    ));
+                }
+            };
+            let authority = uri
+                .authority()
+                .ok_or(Error::BadRequest("the request URL has no host"))?;
+            if authority.as_str().contains('@') {
+                return Err(Error::BadRequest(
+                    "user information in the request URL is not supported",
+                ));
+            }
+            let host = Host::parse(authority.host())
+                .map_err(|_| Error::BadRequest("invalid host in the request URL"))?;
+            let port = match authority.port() {
+                None => default_port(tls),
+                Some(port) => match port.as_u16() {
+                    0 => return Err(Error::BadRequest("invalid port in the request URL")),
+                    port => port,
+                },
+            };
+            Ok(Target {
+                origin: Origin { tls, host, port },
+                path_and_query,
+            })
+        }
+    }
+}
+
+/// The origin a routed request is sent to: `upstream_tls` moves plain http to TLS, and the
+/// http default port to the https one.
+fn upstream_origin(target: &Origin, route: &Route) -> Origin {
+    if !route.upstream_tls || target.tls {
+        return target.clone();
+    }
+    Origin {
+        tls: true,
+        host: target.host.clone(),
+        port: if target.port == default_port(false) {
+            default_port(true)
+        } else {
+            target.port
+        },
+    }
+}
+
+fn default_port(tls: bool) -> u16 {
+    if tls { 443 } else { 80 }
+}
+
+/// Lets listeners hold the pipeline behind an `Arc`.
+pub type Shared = Arc<Proxy>;

@@ -1,0 +1,166 @@
+//! Listeners: accepting connections, serving them with the proxy pipeline, and draining on
+//! shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::proxy::{Entry, Proxy};
+
+/// The listeners of a configuration, bound and ready to serve.
+#[derive(Debug)]
+pub struct Listeners {
+    forward: Option<TcpListener>,
+    reverse: Vec<(TcpListener, Entry)>,
+}
+
+impl Listeners {
+    /// Binds every listener the configuration names; port 0 picks a free port.
+    pub async fn bind(config: &Config) -> io::Result<Listeners> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        };
+        let forward = match config.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let mut reverse = Vec::with_capacity(config.reverse.len());
+        for r in &config.reverse {
+            reverse.push((bind(r.listen).await?, Entry::Reverse(r.upstream.clone())));
+        }
+        Ok(Listeners { forward, reverse })
+    }
+
+    pub fn forward_addr(&self) -> Option<SocketAddr> {
+        self.forward.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn reverse_addrs(&self) -> Vec<SocketAddr> {
+        self.reverse
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
+    }
+}
+
+/// Serves all listeners until `shutdown` is cancelled, then lets requests in flight finish
+/// for up to `drain`.
+pub async fn run(
+    proxy: Arc<Proxy>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let all = listeners
+        .forward
+        .map(|l| (l, Entry::Forward))
+        .into_iter()
+        .chain(listeners.reverse);
+    for (listener, entry) in all {
+        let proxy = proxy.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            serve(listener, entry, proxy, shutdown.cancelled_owned(), drain).await
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Accepts connections on one listener and serves each in its own task.
+pub async fn serve(
+    listener: TcpListener,
+    entry: Entry,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let local = listener.local_addr().ok();
+    let kind = match &entry {
+        Entry::Forward => "forward",
+        Entry::Reverse(_) => "reverse",
+    };
+    match (&entry, local) {
+        (Entry::Reverse(upstream), Some(addr)) => {
+            tracing::info!(%addr, %upstream, "reverse listener ready")
+        }
+        (_, Some(addr)) => tracing::info!(%addr, "forward listener ready"),
+        _ => {}
+    }
+    let entry = Arc::new(entry);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.config().timeouts.request_header);
+    builder.http2().timer(TokioTimer::new());
+    let builder = match entry.as_ref() {
+        // Proxy clients speak HTTP/1.1 to a forward proxy.
+        Entry::Forward => builder.http1_only(),
+        Entry::Reverse(_) => builder,
+    };
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Running out of descriptors must not spin or end the listener.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let entry = entry.clone();
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            let entry = entry.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, &entry).await) }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        let span = tracing::debug_span!("connection", listener = kind, %peer);
+        tokio::spawn(
+            async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    drop(listener);
+    tracing::info!(listener = kind, "draining connections");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = kind,
+            ?drain,
+            "drain deadline passed, closing remaining connections"
+        );
+    }
+}

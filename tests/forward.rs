@@ -1,0 +1,310 @@
+//! The forward listener, end to end: a real proxy on port 0 in front of real upstreams on
+//! loopback, driven by raw HTTP/1.1 so the wire format is what is asserted.
+
+mod support;
+
+use std::time::Duration;
+
+use support::upstream::{self, MockUpstream};
+use support::wire;
+use support::{ProxyUnderTest, TestCa, decode_bearer};
+
+/// One route for `127.0.0.1:<port>` signing with the fixture EC key.
+fn config(upstream_port: u16, extra: &str) -> String {
+    format!(
+        r#"
+listen: 127.0.0.1:0
+asap:
+  issuer: test-issuer
+  kid: test-issuer/ec-p256
+  algorithm: ES256
+  private_key_file: {{keys}}/ec-p256.pkcs8.pem
+routes:
+  - host: 127.0.0.1:{upstream_port}
+    audience: test-audience
+{extra}"#
+    )
+}
+
+fn get(upstream: &MockUpstream, path: &str, extra_headers: &str) -> String {
+    format!(
+        "GET http://{}{path} HTTP/1.1\r\nHost: {}\r\n{extra_headers}Connection: close\r\n\r\n",
+        upstream.addr, upstream.addr
+    )
+}
+
+#[tokio::test]
+async fn routed_request_carries_exactly_one_fresh_bearer_token() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let proxy = ProxyUnderTest::start(&config(upstream.addr.port(), "")).await;
+
+    let response = wire::send(
+        proxy.forward(),
+        &get(
+            &upstream,
+            "/items?id=7",
+            "Authorization: Basic dXNlcjpwdw==\r\nAuthorization: Bearer client\r\n",
+        ),
+    )
+    .await;
+
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.text(), "upstream ok\n");
+    let seen = upstream.only_request();
+    assert_eq!(seen.uri, "/items?id=7");
+    let authorizations = seen.all("authorization");
+    assert_eq!(authorizations.len(), 1, "{authorizations:?}");
+    let jwt = decode_bearer(authorizations[0]);
+    assert_eq!(jwt.header["alg"], "ES256");
+    assert_eq!(jwt.header["kid"], "test-issuer/ec-p256");
+    assert_eq!(jwt.header["typ"], "JWT");
+    assert_eq!(jwt.claims["iss"], "test-issuer");
+    assert_eq!(jwt.claims["sub"], "test-issuer");
+    assert_eq!(jwt.claims["aud"], "test-audience");
+    assert_eq!(jwt.signature.len(), 64);
+    let iat = jwt.claims["iat"].as_u64().expect("integer iat");
+    assert_eq!(jwt.claims["exp"].as_u64(), Some(iat + 3600));
+    assert_eq!(jwt.claims["nbf"].as_u64(), Some(iat));
+}
+
+#[tokio::test]
+async fn host_is_regenerated_from_the_request_target() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let proxy = ProxyUnderTest::start(&config(upstream.addr.port(), "")).await;
+
+    let request = format!(
+        "GET http://{}/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        upstream.addr
+    );
+    let response = wire::send(proxy.forward(), &request).await;
+
+    assert_eq!(response.status, 200);
+    let seen = upstream.only_request();
+    assert_eq!(seen.all("host"), [upstream.addr.to_string()]);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways_and_via_added() {
+    let upstream = MockUpstream::recording(|_| {
+        upstream::status(
+            200,
+            &[
+                ("connection", "x-upstream-hop"),
+                ("x-upstream-hop", "1"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authenticate", "Basic realm=upstream"),
+                ("x-end-to-end", "kept"),
+            ],
+        )
+    })
+    .await;
+    let proxy = ProxyUnderTest::start(&config(upstream.addr.port(), "")).await;
+
+    let request = format!(
+        "GET http://{addr}/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close, X-Client-Hop\r\n\
+         Connection: x-second-hop\r\nX-Client-Hop: 1\r\nX-Second-Hop: 2\r\nKeep-Alive: timeout=5\r\n\
+         Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic dXNlcjpwdw==\r\nTE: trailers\r\n\
+         Upgrade: websocket\r\nX-Kept: yes\r\n\r\n",
+        addr = upstream.addr
+    );
+    let response = wire::send(proxy.forward(), &request).await;
+
+    assert_eq!(response.status, 200);
+    let seen = upstream.only_request();
+    for hop in [
+        "x-client-hop",
+        "x-second-hop",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+    ] {
+        assert!(seen.header(hop).is_none(), "{hop} reached the upstream");
+    }
+    assert_eq!(seen.header("x-kept"), Some("yes"));
+    assert_eq!(seen.header("via"), Some("1.1 asap-proxy"));
+
+    for hop in ["x-upstream-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(!response.has(hop), "{hop} reached the client");
+    }
+    assert_eq!(response.header("x-end-to-end"), Some("kept"));
+    assert_eq!(response.header("via"), Some("1.1 asap-proxy"));
+}
+
+#[tokio::test]
+async fn unmatched_host_is_denied_by_default() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let proxy = ProxyUnderTest::start(&config(1, "")).await;
+
+    let response = wire::send(proxy.forward(), &get(&upstream, "/", "")).await;
+
+    assert_eq!(response.status, 403);
+    let status = response.header("proxy-status").expect("Proxy-Status");
+    assert!(
+        status.starts_with("asap-proxy; error=http_request_denied"),
+        "{status}"
+    );
+    assert!(response.text().contains("no route"), "{}", response.text());
+    assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn unmatched_host_is_forwarded_without_a_token_when_configured() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let proxy = ProxyUnderTest::start(&config(1, "unmatched: forward\n")).await;
+
+    let response = wire::send(
+        proxy.forward(),
+        &get(&upstream, "/", "Authorization: Bearer mine\r\n"),
+    )
+    .await;
+
+    assert_eq!(response.status, 200);
+    let seen = upstream.only_request();
+    // Not ours to sign or to strip: the client's own credentials pass through.
+    assert_eq!(seen.all("authorization"), ["Bearer mine"]);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    let closed = support::closed_port();
+    let proxy = ProxyUnderTest::start(&config(closed.port(), "")).await;
+
+    let request = format!("GET http://{closed}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let response = wire::send(proxy.forward(), &request).await;
+
+    assert_eq!(response.status, 502);
+    let status = response.header("proxy-status").expect("Proxy-Status");
+    assert!(status.contains("error=destination_unavailable"), "{status}");
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let upstream = MockUpstream::with_handler(|_| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        upstream::status(200, &[])
+    })
+    .await;
+    let proxy = ProxyUnderTest::start(&config(
+        upstream.addr.port(),
+        "timeouts:\n  response_seconds: 0.3\n",
+    ))
+    .await;
+
+    let response = wire::send(proxy.forward(), &get(&upstream, "/", "")).await;
+
+    assert_eq!(response.status, 504);
+    let status = response.header("proxy-status").expect("Proxy-Status");
+    assert!(status.contains("error=http_response_timeout"), "{status}");
+}
+
+#[tokio::test]
+async fn redirects_go_back_to_the_client() {
+    let upstream = MockUpstream::recording(|_| {
+        upstream::status(302, &[("location", "http://elsewhere.test/")])
+    })
+    .await;
+    let proxy = ProxyUnderTest::start(&config(upstream.addr.port(), "")).await;
+
+    let response = wire::send(proxy.forward(), &get(&upstream, "/", "")).await;
+
+    assert_eq!(response.status, 302);
+    assert_eq!(response.header("location"), Some("http://elsewhere.test/"));
+    assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn origin_form_request_is_400() {
+    let proxy = ProxyUnderTest::start(&config(1, "")).await;
+
+    let response = wire::send(
+        proxy.forward(),
+        "GET /path HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+
+    assert_eq!(response.status, 400);
+    assert!(
+        response
+            .header("proxy-status")
+            .expect("Proxy-Status")
+            .contains("http_request_error")
+    );
+    assert!(
+        response.text().contains("absolute URL"),
+        "{}",
+        response.text()
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_reused_by_default_and_fresh_when_reuse_is_off() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let reusing = ProxyUnderTest::start(&config(upstream.addr.port(), "")).await;
+    let fresh = ProxyUnderTest::start(
+        &config(upstream.addr.port(), "")
+            .replace("algorithm: ES256\n", "algorithm: ES256\n  reuse: false\n"),
+    )
+    .await;
+
+    for proxy in [&reusing, &reusing, &fresh, &fresh] {
+        let response = wire::send(proxy.forward(), &get(&upstream, "/", "")).await;
+        assert_eq!(response.status, 200);
+    }
+
+    let jti: Vec<String> = upstream
+        .seen()
+        .iter()
+        .map(|s| decode_bearer(s.header("authorization").expect("token")).claims["jti"].to_string())
+        .collect();
+    assert_eq!(jti[0], jti[1], "reuse: true sends the same token");
+    assert_ne!(jti[2], jti[3], "reuse: false mints per request");
+    assert_ne!(jti[1], jti[2]);
+}
+
+#[tokio::test]
+async fn upstream_tls_sends_plain_requests_over_verified_tls_with_h2() {
+    let ca = TestCa::new();
+    let upstream = MockUpstream::recording_tls(&ca, &[b"h2", b"http/1.1"], upstream::ok).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = ca.write_ca(dir.path());
+    let yaml = config(
+        upstream.addr.port(),
+        &format!("tls:\n  ca_file: {}\n", ca_file.display()),
+    )
+    .replace(
+        "audience: test-audience\n",
+        "audience: test-audience\n    upstream_tls: true\n",
+    );
+    let proxy = ProxyUnderTest::start(&yaml).await;
+
+    let response = wire::send(proxy.forward(), &get(&upstream, "/secure", "")).await;
+
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = upstream.only_request();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.uri, format!("https://{}/secure", upstream.addr));
+    assert!(
+        seen.header("authorization")
+            .is_some_and(|a| a.starts_with("Bearer "))
+    );
+}
+
+#[tokio::test]
+async fn untrusted_upstream_certificate_is_502() {
+    let ca = TestCa::new();
+    let upstream = MockUpstream::recording_tls(&ca, &[b"http/1.1"], upstream::ok).await;
+    let yaml = config(upstream.addr.port(), "").replace(
+        "audience: test-audience\n",
+        "audience: test-audience\n    upstream_tls: true\n",
+    );
+    let proxy = ProxyUnderTest::start(&yaml).await;
+
+    let response = wire::send(proxy.forward(), &get(&upstream, "/", "")).await;
+
+    assert_eq!(response.status, 502);
+    let status = response.header("proxy-status").expect("Proxy-Status");
+    assert!(status.contains("error=tls_"), "{status}");
+    assert!(upstream.seen().is_empty());
+}
