@@ -5,6 +5,9 @@ mod support;
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
 use support::upstream::{self, MockUpstream};
 use support::wire;
 use support::{ProxyUnderTest, TestCa, decode_bearer};
@@ -307,4 +310,62 @@ async fn untrusted_upstream_certificate_is_502() {
     let status = response.header("proxy-status").expect("Proxy-Status");
     assert!(status.contains("error=tls_"), "{status}");
     assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn client_stalling_in_its_request_head_is_disconnected() {
+    let proxy =
+        ProxyUnderTest::start(&config(1, "timeouts:\n  request_header_seconds: 0.3\n")).await;
+    let mut stalled = TcpStream::connect(proxy.forward()).await.expect("connect");
+    stalled
+        .write_all(b"GET http://a.test/ HTTP/1.1\r\nHost: a.te")
+        .await
+        .expect("half a head");
+
+    // Other clients are served meanwhile.
+    let other = wire::send(
+        proxy.forward(),
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(other.status, 400);
+
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut rest))
+        .await
+        .expect("the proxy closes the stalled connection")
+        .expect("read");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+        "{rest}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_that_never_accepts_the_connection_is_504() {
+    // A listener whose accept queue is full drops further SYNs, so connecting hangs.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let _listener = socket.listen(1).expect("listen");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            fillers.push(stream);
+        }
+    }
+    let proxy =
+        ProxyUnderTest::start(&config(addr.port(), "timeouts:\n  connect_seconds: 0.3\n")).await;
+
+    let request = format!("GET http://{addr}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let response = wire::send(proxy.forward(), &request).await;
+
+    assert_eq!(response.status, 504, "{}", response.text());
+    let status = response.header("proxy-status").expect("Proxy-Status");
+    assert!(status.contains("error=connection_timeout"), "{status}");
 }

@@ -146,6 +146,76 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_failure_has_its_status_and_type() {
+        let authority = || "api.test:443".to_owned();
+        let reason = || "why".to_owned();
+        let cases = [
+            (Error::BadRequest("bad"), 400, "http_request_error"),
+            (Error::Unmatched(authority()), 403, "http_request_denied"),
+            (Error::Mint { route: 3 }, 500, "proxy_internal_error"),
+            (
+                Error::Connect {
+                    authority: authority(),
+                    reason: reason(),
+                },
+                502,
+                "destination_unavailable",
+            ),
+            (
+                Error::Tls {
+                    authority: authority(),
+                    reason: reason(),
+                },
+                502,
+                "tls_protocol_error",
+            ),
+            (
+                Error::TlsCertificate {
+                    authority: authority(),
+                    reason: reason(),
+                },
+                502,
+                "tls_certificate_error",
+            ),
+            (
+                Error::Upstream {
+                    authority: authority(),
+                    reason: reason(),
+                },
+                502,
+                "http_protocol_error",
+            ),
+            (
+                Error::ConnectTimeout {
+                    authority: authority(),
+                },
+                504,
+                "connection_timeout",
+            ),
+            (
+                Error::ResponseTimeout {
+                    authority: authority(),
+                },
+                504,
+                "http_response_timeout",
+            ),
+        ];
+        for (error, status, kind) in cases {
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            let proxy_status = response.headers()["proxy-status"].to_str().expect("ascii");
+            assert!(
+                proxy_status.starts_with(&format!("asap-proxy; error={kind}; details=")),
+                "{proxy_status}"
+            );
+            assert_eq!(
+                response.headers()[CONTENT_TYPE],
+                "text/plain; charset=utf-8"
+            );
+        }
+    }
+
+    #[test]
     fn proxy_status_is_a_structured_field() {
         let response = Error::Connect {
             authority: "api.test:443".into(),

@@ -12,15 +12,16 @@ pub mod headers;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::header::HeaderValue;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 pub use self::body::Body;
 pub use self::error::{Error, PROXY_NAME};
 use crate::config::{Config, Origin, Route, Unmatched};
 use crate::routes::Host;
-use crate::token::Provenance;
 use crate::upstream;
 
 /// Which listener a request arrived on.
@@ -60,7 +61,18 @@ impl Proxy {
     pub async fn handle(&self, request: Request<Incoming>, entry: &Entry) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
-        let result = self.forward(request, entry).await;
+        let result = match target(&request, entry) {
+            Ok(target) => {
+                let span = tracing::debug_span!(
+                    "request",
+                    %method,
+                    host = %target.origin.host,
+                    port = target.origin.port,
+                );
+                self.forward(request, target).instrument(span).await
+            }
+            Err(err) => Err(err),
+        };
         let elapsed = started.elapsed();
         match result {
             Ok(response) => {
@@ -68,46 +80,29 @@ impl Proxy {
                 response
             }
             Err(err) => {
-                if matches!(err, Error::Mint { .. }) {
-                    tracing::error!(%method, error = %err, "request refused");
-                } else {
-                    tracing::debug!(%method, error = %err, ?elapsed, "request refused");
-                }
+                tracing::debug!(%method, error = %err, ?elapsed, "request refused");
                 err.into_response()
             }
         }
     }
 
+    /// Matches the route, mints its token and exchanges the request with the upstream.
     async fn forward(
         &self,
         request: Request<Incoming>,
-        entry: &Entry,
+        target: Target,
     ) -> Result<Response<Body>, Error> {
-        let target = target(&request, entry)?;
-        let span =
-            tracing::debug_span!("request", host = %target.origin.host, port = target.origin.port);
-        let _enter = span.enter();
-
         let path = target.path_and_query.path();
-        let (origin, token) =
+        let (origin, authorization) =
             match self
                 .config
                 .routes
                 .find(&target.origin.host, target.origin.port, path)
             {
-                Some(route) => {
-                    let origin = upstream_origin(&target.origin, route);
-                    let (token, provenance) = route.minter.token().await.map_err(|err| {
-                        tracing::error!(route = route.index, error = %err, "cannot mint token");
-                        Error::Mint { route: route.index }
-                    })?;
-                    tracing::trace!(
-                        route = route.index,
-                        reused = matches!(provenance, Provenance::Reused),
-                        "token ready"
-                    );
-                    (origin, Some(token))
-                }
+                Some(route) => (
+                    upstream_origin(&target.origin, route),
+                    Some(authorization(route).await?),
+                ),
                 None if self.config.unmatched == Unmatched::Forward => {
                     (target.origin.clone(), None)
                 }
@@ -131,9 +126,11 @@ impl Proxy {
         headers::remove_hop_by_hop(&mut parts.headers);
         headers::set_host(&mut parts.headers, &authority)
             .map_err(|_| Error::BadRequest("invalid host"))?;
-        if let Some(token) = &token {
-            headers::set_bearer(&mut parts.headers, token.as_str())
-                .map_err(|_| Error::Mint { route: usize::MAX })?;
+        if let Some(authorization) = authorization {
+            // Replaces every Authorization line the client sent.
+            parts
+                .headers
+                .insert(http::header::AUTHORIZATION, authorization);
         }
         headers::append_via(&mut parts.headers, client_version, PROXY_NAME);
 
@@ -225,5 +222,17 @@ fn default_port(tls: bool) -> u16 {
     if tls { 443 } else { 80 }
 }
 
-/// Lets listeners hold the pipeline behind an `Arc`.
-pub type Shared = Arc<Proxy>;
+/// The route's token as an `Authorization` value, marked sensitive so it is never printed.
+async fn authorization(route: &Route) -> Result<HeaderValue, Error> {
+    let refused = |err: &dyn std::fmt::Display| {
+        tracing::error!(route = route.index, error = %err, "cannot mint a token");
+        Error::Mint { route: route.index }
+    };
+    let (token, provenance) = route.minter.token().await.map_err(|e| refused(&e))?;
+    tracing::trace!(
+        route = route.index,
+        token = provenance.as_str(),
+        "token ready"
+    );
+    headers::bearer(token.as_str()).map_err(|e| refused(&e))
+}
