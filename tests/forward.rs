@@ -369,3 +369,21 @@ async fn upstream_that_never_accepts_the_connection_is_504() {
     let status = response.header("proxy-status").expect("Proxy-Status");
     assert!(status.contains("error=connection_timeout"), "{status}");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let proxy = ProxyUnderTest::start(&config(upstream.addr.port(), "")).await;
+
+    for _ in 0..3 {
+        let response = wire::send(proxy.forward(), &get(&upstream, "/", "")).await;
+        assert_eq!(response.status, 200);
+    }
+
+    let peers: Vec<_> = upstream.seen().iter().map(|s| s.peer).collect();
+    assert_eq!(peers.len(), 3);
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "one pooled connection: {peers:?}"
+    );
+}

@@ -40,6 +40,8 @@ pub struct Seen {
     pub version: Version,
     pub headers: HeaderMap,
     pub body_len: u64,
+    /// The proxy's end of the connection the request came on.
+    pub peer: SocketAddr,
 }
 
 impl Seen {
@@ -106,6 +108,7 @@ impl MockUpstream {
                     version: parts.version,
                     headers: parts.headers,
                     body_len,
+                    peer: *parts.extensions.get::<SocketAddr>().expect("peer address"),
                 };
                 let response = respond(&seen);
                 record.lock().expect("lock").push(seen);
@@ -135,15 +138,16 @@ impl MockUpstream {
         let stop = shutdown.clone();
         tokio::spawn(async move {
             loop {
-                let (stream, _) = tokio::select! {
+                let (stream, peer) = tokio::select! {
                     accepted = listener.accept() => accepted.expect("accept"),
                     () = stop.cancelled() => return,
                 };
                 let handler = handler.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |r| {
+                    let service = service_fn(move |mut r: Request<Incoming>| {
                         let handler = handler.clone();
+                        r.extensions_mut().insert(peer);
                         async move { Ok::<_, Infallible>(handler(r).await) }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
