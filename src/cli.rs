@@ -20,6 +20,7 @@ use crate::proxy::Proxy;
 use crate::routes::Host;
 use crate::server::{self, Listeners};
 use crate::telemetry::{self, LogFormat};
+use crate::tls::intercept;
 use crate::token::{self, Algorithm, KeyId, SigningKey};
 
 /// Exit code for an invalid configuration or key.
@@ -83,6 +84,23 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Manage the certificate authority used to intercept HTTPS to routed hosts.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a CA certificate and key (mode 0600), and print how to make clients trust it.
+    ///
+    /// Writes DIR/asap-proxy-ca.pem and DIR/asap-proxy-ca-key.pem; never overwrites.
+    Init {
+        /// Directory to write the CA into.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +152,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
             out,
         } => keygen(algorithm, &kid, &out),
         Command::PublicKey { config } => public_keys(&config.config),
+        Command::Ca {
+            command: CaCommand::Init { out },
+        } => ca_init(&out),
     }
 }
 
@@ -302,5 +323,46 @@ fn public_keys(path: &Path) -> anyhow::Result<()> {
     for (kid, pem) in keys {
         println!("# kid: {kid}\n{pem}");
     }
+    Ok(())
+}
+
+fn ca_init(out: &Path) -> anyhow::Result<()> {
+    let cert_path = out.join("asap-proxy-ca.pem");
+    let key_path = out.join("asap-proxy-ca-key.pem");
+    for path in [&cert_path, &key_path] {
+        if path.exists() {
+            bail!("{} already exists; not overwriting a CA", path.display());
+        }
+    }
+    let (cert, key) = intercept::create_ca("asap-proxy interception CA")?;
+    write_file(&key_path, key.as_bytes(), 0o600)?;
+    write_file(&cert_path, cert.as_bytes(), 0o644)?;
+    let cert = cert_path.display();
+    println!(
+        "CA certificate: {cert}
+CA key:         {}  (keep it secret: whoever holds it can impersonate any site to
+                clients that trust the certificate)
+
+Configure the proxy:
+
+  intercept:
+    ca_cert_file: {cert}
+    ca_key_file: {}
+
+Make each client trust the certificate (only clients that use this proxy):
+
+  curl                curl --cacert {cert} ...        (or CURL_CA_BUNDLE={cert})
+  Python requests     REQUESTS_CA_BUNDLE={cert}
+  Python ssl, OpenSSL SSL_CERT_FILE={cert}
+                      (both replace the default roots: to keep them, point the variable at a
+                      file holding the system bundle followed by this certificate)
+  Node.js             NODE_EXTRA_CA_CERTS={cert}
+  Java                keytool -importcert -cacerts -alias asap-proxy -file {cert}
+  Debian, Ubuntu      cp {cert} /usr/local/share/ca-certificates/asap-proxy-ca.crt
+                      && update-ca-certificates
+  RHEL, Fedora        cp {cert} /etc/pki/ca-trust/source/anchors/ && update-ca-trust",
+        key_path.display(),
+        key_path.display(),
+    );
     Ok(())
 }

@@ -231,6 +231,14 @@ impl<T> Table<T> {
             .map(|(_, target)| target)
     }
 
+    /// Whether any route selects requests to `host:port`, whatever their path. A CONNECT
+    /// tunnel hides the paths, so this decides whether to open it.
+    pub fn covers(&self, host: &Host, port: u16) -> bool {
+        self.routes
+            .iter()
+            .any(|(rule, _)| rule.host.matches(host) && rule.port.is_none_or(|p| p == port))
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&Rule, &T)> {
         self.routes.iter().map(|(rule, target)| (rule, target))
     }
@@ -313,6 +321,17 @@ mod tests {
                 "{host}:{port}{path}"
             );
         }
+    }
+
+    #[test]
+    fn covers_ignores_paths() {
+        let table = table();
+        let host = |h| Host::parse(h).expect("valid");
+        assert!(table.covers(&host("db.internal.example.com"), 443));
+        assert!(table.covers(&host("api.example.com"), 8443));
+        assert!(table.covers(&host("::1"), 8080));
+        assert!(!table.covers(&host("::1"), 443));
+        assert!(!table.covers(&host("example.com"), 443));
     }
 
     #[test]

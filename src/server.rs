@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +92,7 @@ pub async fn serve(
     let local = listener.local_addr().ok();
     let kind = match &entry {
         Entry::Forward => "forward",
-        Entry::Reverse(_) => "reverse",
+        Entry::Reverse(_) | Entry::Intercepted(_) => "reverse",
     };
     match (&entry, local) {
         (Entry::Reverse(upstream), Some(addr)) => {
@@ -100,18 +101,8 @@ pub async fn serve(
         (_, Some(addr)) => tracing::info!(%addr, "forward listener ready"),
         _ => {}
     }
-    let entry = Arc::new(entry);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(proxy.config().timeouts.request_header);
-    builder.http2().timer(TokioTimer::new());
-    let builder = match entry.as_ref() {
-        // Proxy clients speak HTTP/1.1 to a forward proxy.
-        Entry::Forward => builder.http1_only(),
-        Entry::Reverse(_) => builder,
-    };
+    let builder = http_builder(&proxy, &entry);
+    let service = service(proxy.clone(), entry);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
@@ -129,15 +120,8 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let entry = entry.clone();
-        let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            let entry = entry.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, &entry).await) }
-        });
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
             .into_owned();
         let connection = graceful.watch(connection);
         let span = tracing::debug_span!("connection", listener = kind, %peer);
@@ -163,4 +147,59 @@ pub async fn serve(
             "drain deadline passed, closing remaining connections"
         );
     }
+}
+
+/// HTTP/1.1 and HTTP/2 (HTTP/1.1 only on the forward listener, where clients speak the proxy
+/// protocol), with the request-head timeout running on tokio's timer.
+fn http_builder(proxy: &Proxy, entry: &Entry) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.config().timeouts.request_header);
+    builder.http2().timer(TokioTimer::new());
+    match entry {
+        Entry::Forward => builder.http1_only(),
+        Entry::Reverse(_) | Entry::Intercepted(_) => builder,
+    }
+}
+
+fn service(
+    proxy: Arc<Proxy>,
+    entry: Entry,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::proxy::Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<http::Response<crate::proxy::Body>, std::convert::Infallible>>
+             + Send,
+> + Clone {
+    let entry = Arc::new(entry);
+    service_fn(move |request| {
+        let proxy = proxy.clone();
+        let entry = entry.clone();
+        async move { Ok(proxy.handle(request, &entry).await) }
+    })
+}
+
+/// Serves one already-accepted connection, such as the decrypted inside of an intercepted
+/// tunnel, until the client closes it.
+///
+/// Boxed with `Send` spelled out: the pipeline calls this from inside a request, so its
+/// future type would otherwise contain itself.
+pub(crate) fn serve_http<I>(
+    io: I,
+    entry: Entry,
+    proxy: Arc<Proxy>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        let builder = http_builder(&proxy, &entry);
+        // TODO(#4): let intercepted connections finish within the drain deadline.
+        if let Err(err) = builder.serve_connection(io, service(proxy, entry)).await {
+            tracing::debug!(error = %err, "connection ended with an error");
+        }
+    })
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::routes::{self, Host};
+use crate::tls::intercept::Authority;
 use crate::token::Minter;
 
 /// A fully checked configuration.
@@ -27,6 +28,10 @@ pub struct Config {
     pub unmatched: Unmatched,
     pub tls: Tls,
     pub timeouts: Timeouts,
+    /// The CA that lets CONNECT tunnels to routed hosts be opened and signed.
+    pub intercept: Option<Arc<Authority>>,
+    /// Ports a CONNECT request may name.
+    pub connect_ports: Vec<u16>,
 }
 
 #[derive(Debug)]

@@ -20,6 +20,15 @@ pub struct File {
     pub unmatched: Option<Spanned<String>>,
     pub tls: Option<Tls>,
     pub timeouts: Option<Timeouts>,
+    pub intercept: Option<Intercept>,
+    pub connect_ports: Option<Vec<Spanned<i64>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intercept {
+    pub ca_cert_file: Spanned<String>,
+    pub ca_key_file: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,6 +11,7 @@ use serde_saphyr::{Location, Spanned};
 use super::raw;
 use super::{Config, Error, Origin, Reverse, Route, Timeouts, Tls, Unmatched};
 use crate::routes::{self, Host, Rule};
+use crate::tls::intercept::{self, Authority};
 use crate::token::{Algorithm, Minter, SigningKey, SpecFields, TokenSpec};
 
 /// Parses YAML text into the raw mirror, locating any error by line, column and key path.
@@ -146,6 +147,12 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
     };
 
     let timeouts = timeouts(&ctx, file.timeouts.as_ref())?;
+    let connect_ports = connect_ports(&ctx, file.connect_ports.as_deref())?;
+    let intercept = file
+        .intercept
+        .as_ref()
+        .map(|i| intercept(&ctx, i))
+        .transpose()?;
 
     let mut keys = KeyCache::default();
     let mut table = Vec::with_capacity(file.routes.len());
@@ -170,6 +177,40 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
         unmatched,
         tls,
         timeouts,
+        intercept,
+        connect_ports,
+    })
+}
+
+fn connect_ports(ctx: &Ctx<'_>, raw: Option<&[Spanned<i64>]>) -> Result<Vec<u16>, Error> {
+    let Some(raw) = raw else { return Ok(vec![443]) };
+    raw.iter()
+        .enumerate()
+        .map(|(i, port)| match u16::try_from(port.value) {
+            Ok(p) if p != 0 => Ok(p),
+            _ => Err(ctx.at(
+                format!("connect_ports[{i}]"),
+                port,
+                "must be a port from 1 to 65535",
+            )),
+        })
+        .collect()
+}
+
+fn intercept(ctx: &Ctx<'_>, raw: &raw::Intercept) -> Result<Arc<Authority>, Error> {
+    let cert = ctx.path(&raw.ca_cert_file.value);
+    let key = ctx.path(&raw.ca_key_file.value);
+    Authority::load(&cert, &key).map(Arc::new).map_err(|e| {
+        let (name, at) = match e {
+            intercept::Error::Key { .. } | intercept::Error::KeyMismatch => {
+                ("ca_key_file", &raw.ca_key_file)
+            }
+            intercept::Error::Read { ref path, .. } if *path == key => {
+                ("ca_key_file", &raw.ca_key_file)
+            }
+            _ => ("ca_cert_file", &raw.ca_cert_file),
+        };
+        ctx.at(format!("intercept.{name}"), at, e.to_string())
     })
 }
 

@@ -18,6 +18,16 @@ pub enum Error {
     BadRequest(&'static str),
     #[error("no route for {0} and unmatched requests are denied")]
     Unmatched(String),
+    #[error("CONNECT to port {0} is not allowed: the port is not in connect_ports")]
+    PortNotAllowed(u16),
+    #[error(
+        "{0} is routed, so its requests must carry a token, but TLS interception is not \
+         configured: add an `intercept` section with a CA (`asap-proxy ca init` makes one), or \
+         send http:// requests to a route with upstream_tls: true"
+    )]
+    NotIntercepted(String),
+    #[error("cannot intercept TLS for {host}: {reason}")]
+    Intercept { host: String, reason: String },
     #[error("the token for route {route} could not be minted")]
     Mint { route: usize },
     #[error("upstream {authority} could not be reached: {reason}")]
@@ -74,7 +84,10 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::Unmatched(_) => StatusCode::FORBIDDEN,
+            Error::Unmatched(_) | Error::PortNotAllowed(_) | Error::NotIntercepted(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Error::Intercept { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Mint { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Connect { .. }
             | Error::Tls { .. }
@@ -90,7 +103,10 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::BadRequest(_) => "http_request_error",
-            Error::Unmatched(_) => "http_request_denied",
+            Error::Unmatched(_) | Error::PortNotAllowed(_) | Error::NotIntercepted(_) => {
+                "http_request_denied"
+            }
+            Error::Intercept { .. } => "proxy_internal_error",
             Error::Mint { .. } => "proxy_internal_error",
             Error::Connect { .. } => "destination_unavailable",
             Error::Tls { .. } => "tls_protocol_error",
@@ -153,6 +169,20 @@ mod tests {
             (Error::BadRequest("bad"), 400, "http_request_error"),
             (Error::Unmatched(authority()), 403, "http_request_denied"),
             (Error::Mint { route: 3 }, 500, "proxy_internal_error"),
+            (Error::PortNotAllowed(22), 403, "http_request_denied"),
+            (
+                Error::NotIntercepted(authority()),
+                403,
+                "http_request_denied",
+            ),
+            (
+                Error::Intercept {
+                    host: authority(),
+                    reason: reason(),
+                },
+                500,
+                "proxy_internal_error",
+            ),
             (
                 Error::Connect {
                     authority: authority(),

@@ -6,6 +6,7 @@
 //! rules applied, and hand the response back.
 
 mod body;
+mod connect;
 mod error;
 pub mod headers;
 
@@ -31,6 +32,8 @@ pub enum Entry {
     Forward,
     /// A local listener in front of one upstream.
     Reverse(Origin),
+    /// Inside an intercepted CONNECT tunnel to this origin.
+    Intercepted(Origin),
 }
 
 /// Everything a request needs: routes, policy and the upstream client.
@@ -58,20 +61,33 @@ impl Proxy {
     }
 
     /// Serves one request; failures become responses with a `Proxy-Status` header.
-    pub async fn handle(&self, request: Request<Incoming>, entry: &Entry) -> Response<Body> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        entry: &Entry,
+    ) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
-        let result = match target(&request, entry) {
-            Ok(target) => {
-                let span = tracing::debug_span!(
-                    "request",
-                    %method,
-                    host = %target.origin.host,
-                    port = target.origin.port,
-                );
-                self.forward(request, target).instrument(span).await
+        let result = if method == Method::CONNECT {
+            match entry {
+                Entry::Forward => self.connect(request).await,
+                _ => Err(Error::BadRequest(
+                    "CONNECT is only accepted on the forward listener",
+                )),
             }
-            Err(err) => Err(err),
+        } else {
+            match target(&request, entry) {
+                Ok(target) => {
+                    let span = tracing::debug_span!(
+                        "request",
+                        %method,
+                        host = %target.origin.host,
+                        port = target.origin.port,
+                    );
+                    self.forward(request, target).instrument(span).await
+                }
+                Err(err) => Err(err),
+            }
         };
         let elapsed = started.elapsed();
         match result {
@@ -150,16 +166,12 @@ impl Proxy {
 /// Reads the target of a request as its listener defines it.
 fn target(request: &Request<Incoming>, entry: &Entry) -> Result<Target, Error> {
     let uri = request.uri();
-    if request.method() == Method::CONNECT {
-        // TODO(#3): tunnels and TLS interception.
-        return Err(Error::BadRequest("CONNECT is not supported yet"));
-    }
     let path_and_query = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match entry {
-        Entry::Reverse(origin) => Ok(Target {
+        Entry::Reverse(origin) | Entry::Intercepted(origin) => Ok(Target {
             origin: origin.clone(),
             path_and_query,
         }),

@@ -15,6 +15,7 @@ import argparse
 import json
 import signal
 import socket
+import ssl
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -299,6 +300,8 @@ def parse_args(argv):
             "a proxy may send one token with many requests until it nears expiry"
         ),
     )
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", help="the private key (PEM) for --tls-cert")
     parser.add_argument(
         "--log-requests",
         action="store_true",
@@ -317,6 +320,13 @@ def main(argv=None):
         check_jti_uniqueness=args.check_jti_replay,
     )
     server = AsapUpstream((args.host, args.port), verifier, args.audience, args.log_requests)
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        # The handshake runs in each connection's thread, not in the accept loop.
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
 
     def stop(signum, frame):
         raise SystemExit(0)

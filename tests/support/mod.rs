@@ -153,6 +153,37 @@ impl TestCa {
         path
     }
 
+    /// Writes the leaf's chain and key as PEM files, for servers outside this process.
+    pub fn write_leaf(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let b64 = |der: &[u8]| {
+            let text = base64::engine::general_purpose::STANDARD.encode(der);
+            text.as_bytes()
+                .chunks(64)
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let chain = self
+            .leaf_chain
+            .iter()
+            .map(|c| {
+                format!(
+                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                    b64(c)
+                )
+            })
+            .collect::<String>();
+        let key = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            b64(self.leaf_key.secret_der())
+        );
+        let chain_path = dir.join("upstream-chain.pem");
+        let key_path = dir.join("upstream-key.pem");
+        std::fs::write(&chain_path, chain).expect("write chain");
+        std::fs::write(&key_path, key).expect("write key");
+        (chain_path, key_path)
+    }
+
     /// Server configuration offering the given ALPN protocols.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(

@@ -1,4 +1,6 @@
-//! TLS settings for talking to upstreams: which roots are trusted.
+//! TLS: the roots trusted for upstream connections, and the interception CA.
+
+pub mod intercept;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
