@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, Origin};
 use crate::proxy::Proxy;
-use crate::routes::Host;
 use crate::server::{self, Listeners};
 use crate::telemetry::{self, LogFormat};
 use crate::tls::intercept;
@@ -245,19 +244,8 @@ fn check(path: &Path) -> anyhow::Result<()> {
 
 fn print_token(path: &Path, url: &str) -> anyhow::Result<()> {
     let config = load(path)?;
-    let uri: http::Uri = url.parse().with_context(|| "not a URL")?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => bail!("the URL must start with http:// or https://"),
-    };
-    let authority = uri.authority().context("the URL has no host")?;
-    let host = Host::parse(authority.host()).context("the URL's host is not valid")?;
-    let origin = Origin {
-        tls,
-        host,
-        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-    };
+    let uri: http::Uri = url.parse().context("not a URL")?;
+    let origin = Origin::from_uri(&uri).with_context(|| format!("{url} is not a usable URL"))?;
     let route = config
         .routes
         .find(&origin.host, origin.port, uri.path())

@@ -277,7 +277,7 @@ fn mistakes_are_refused_with_their_location() {
                 "{DEFAULTS}{route}reverse:\n  - listen: 127.0.0.1:9000\n    upstream: ftp://x\n"
             ),
             "proxy.yaml:12:15: reverse[0].upstream:",
-            "http or https",
+            "only http and https",
         ),
         (
             format!(

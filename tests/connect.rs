@@ -275,7 +275,9 @@ async fn refused_connects_say_why() {
     let unlisted = wire::send(proxy.forward(), &connect("127.0.0.1:22")).await;
     assert_eq!(unlisted.status, 403);
     assert!(
-        unlisted.text().contains("CONNECT to port 22 is not allowed"),
+        unlisted
+            .text()
+            .contains("CONNECT to port 22 is not allowed"),
         "{}",
         unlisted.text()
     );

@@ -218,6 +218,26 @@ async fn redirects_go_back_to_the_client() {
 }
 
 #[tokio::test]
+async fn malformed_ports_are_400_and_mint_nothing() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let proxy = ProxyUnderTest::start(&config(upstream.addr.port(), "").replace(
+        "  - host: 127.0.0.1:",
+        "  - host: 127.0.0.1\n    audience: any-port\n  - host: 127.0.0.1:",
+    ))
+    .await;
+
+    for port in ["99999", "abc", "", "0", "83537"] {
+        let request = format!(
+            "GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let response = wire::send(proxy.forward(), &request).await;
+        assert_eq!(response.status, 400, "port {port:?}: {}", response.text());
+        assert!(response.text().contains("port"), "{}", response.text());
+    }
+    assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test]
 async fn origin_form_request_is_400() {
     let proxy = ProxyUnderTest::start(&config(1, "")).await;
 

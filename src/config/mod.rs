@@ -48,7 +48,52 @@ pub struct Origin {
     pub port: u16,
 }
 
+/// Why a URL or authority does not name a usable origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    #[error("only http and https URLs are supported")]
+    Scheme,
+    #[error("an absolute URL such as http://host/path is required")]
+    NotAbsolute,
+    #[error("user information in the URL is not supported")]
+    UserInfo,
+    #[error("the host is not a valid name or IP address")]
+    Host,
+    #[error("the port is not a number from 1 to 65535")]
+    Port,
+    #[error("a host:port target is required")]
+    NoPort,
+}
+
 impl Origin {
+    /// The origin of an absolute `http://` or `https://` URI; a missing port is the scheme's
+    /// default, a malformed one an error.
+    pub fn from_uri(uri: &http::Uri) -> Result<Origin, OriginError> {
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            Some(_) => return Err(OriginError::Scheme),
+            None => return Err(OriginError::NotAbsolute),
+        };
+        let authority = uri.authority().ok_or(OriginError::NotAbsolute)?;
+        let (host, port) = split_authority(authority)?;
+        Ok(Origin {
+            tls,
+            host,
+            port: port.unwrap_or(if tls { 443 } else { 80 }),
+        })
+    }
+
+    /// The origin a CONNECT request names: `host:port`, the port required.
+    pub fn from_connect(authority: &http::uri::Authority) -> Result<Origin, OriginError> {
+        let (host, port) = split_authority(authority)?;
+        Ok(Origin {
+            tls: true,
+            host,
+            port: port.ok_or(OriginError::NoPort)?,
+        })
+    }
+
     pub fn scheme(&self) -> &'static str {
         if self.tls { "https" } else { "http" }
     }
@@ -68,6 +113,25 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme(), self.authority())
     }
+}
+
+/// Host and explicit port of an authority. The `http` crate reads a malformed port as no
+/// port at all, so the port text is checked here.
+fn split_authority(authority: &http::uri::Authority) -> Result<(Host, Option<u16>), OriginError> {
+    let text = authority.as_str();
+    if text.contains('@') {
+        return Err(OriginError::UserInfo);
+    }
+    let host = Host::parse(authority.host()).map_err(|_| OriginError::Host)?;
+    let after_host = text.rsplit_once(']').map_or(text, |(_, rest)| rest);
+    let port = match after_host.rsplit_once(':') {
+        None => None,
+        Some((_, port)) => match port.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(OriginError::Port),
+            Ok(port) => Some(port),
+        },
+    };
+    Ok((host, port))
 }
 
 /// One route: where its requests go and the token they carry.
@@ -154,5 +218,60 @@ impl fmt::Display for Error {
             write!(f, ": {key}")?;
         }
         write!(f, ": {}", self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_from_urls() {
+        let ok = [
+            ("http://a.test/x", "http://a.test", 80),
+            ("https://A.TEST.:8443/", "https://a.test:8443", 8443),
+            ("http://[::1]:8080/", "http://[::1]:8080", 8080),
+            ("http://127.0.0.1", "http://127.0.0.1", 80),
+        ];
+        for (uri, display, port) in ok {
+            let origin = Origin::from_uri(&uri.parse().expect("uri")).expect(uri);
+            assert_eq!((origin.to_string().as_str(), origin.port), (display, port));
+        }
+        let bad = [
+            ("ftp://a.test/", OriginError::Scheme),
+            ("/path", OriginError::NotAbsolute),
+            ("http://user:pw@a.test/", OriginError::UserInfo),
+            ("http://a..test/", OriginError::Host),
+            ("http://a.test:99999/", OriginError::Port),
+            ("http://a.test:0/", OriginError::Port),
+            ("http://a.test:/", OriginError::Port),
+            ("http://[::1]:/", OriginError::Port),
+        ];
+        for (uri, want) in bad {
+            assert_eq!(
+                Origin::from_uri(&uri.parse().expect("uri")),
+                Err(want),
+                "{uri}"
+            );
+        }
+    }
+
+    #[test]
+    fn connect_targets_need_a_port() {
+        let authority = |a: &str| a.parse::<http::uri::Authority>().expect("authority");
+        assert_eq!(
+            Origin::from_connect(&authority("[::1]:443"))
+                .expect("ok")
+                .port,
+            443
+        );
+        assert_eq!(
+            Origin::from_connect(&authority("a.test")),
+            Err(OriginError::NoPort)
+        );
+        assert_eq!(
+            Origin::from_connect(&authority("a.test:70000")),
+            Err(OriginError::Port)
+        );
     }
 }

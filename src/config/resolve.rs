@@ -10,7 +10,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::raw;
 use super::{Config, Error, Origin, Reverse, Route, Timeouts, Tls, Unmatched};
-use crate::routes::{self, Host, Rule};
+use crate::routes::{self, Rule};
 use crate::tls::intercept::{self, Authority};
 use crate::token::{Algorithm, Minter, SigningKey, SpecFields, TokenSpec};
 
@@ -237,23 +237,13 @@ fn origin(ctx: &Ctx<'_>, key: String, value: &Spanned<String>) -> Result<Origin,
         .value
         .parse()
         .map_err(|_| bad("not a URL such as https://api.example.com"))?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(bad("the scheme must be http or https")),
-    };
-    let authority = uri.authority().ok_or_else(|| bad("the URL has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(bad("user information in the URL is not supported"));
-    }
+    let origin = Origin::from_uri(&uri).map_err(|e| bad(&e.to_string()))?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad(
             "the upstream must be an origin, without a path or query",
         ));
     }
-    let host = Host::parse(authority.host()).map_err(|e| bad(&e.to_string()))?;
-    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    Ok(Origin { tls, host, port })
+    Ok(origin)
 }
 
 fn check_distinct_listeners(

@@ -13,8 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::{Body, Entry, Error, Proxy, body};
-use crate::config::{Origin, Unmatched};
-use crate::routes::Host;
+use crate::config::{Origin, OriginError, Unmatched};
 
 impl Proxy {
     /// Answers a CONNECT request and, on success, takes over the connection once the 200
@@ -105,20 +104,6 @@ impl Proxy {
 
 /// The `host:port` of a CONNECT request; both parts are required.
 fn connect_target(request: &Request<Incoming>) -> Result<Origin, Error> {
-    let authority = request
-        .uri()
-        .authority()
-        .filter(|a| !a.as_str().contains('@'))
-        .ok_or(Error::BadRequest("CONNECT needs a host:port target"))?;
-    let port = match authority.port_u16() {
-        Some(0) | None => return Err(Error::BadRequest("CONNECT needs a host:port target")),
-        Some(port) => port,
-    };
-    let host = Host::parse(authority.host())
-        .map_err(|_| Error::BadRequest("invalid host in the CONNECT target"))?;
-    Ok(Origin {
-        tls: true,
-        host,
-        port,
-    })
+    let authority = request.uri().authority().ok_or(OriginError::NoPort)?;
+    Ok(Origin::from_connect(authority)?)
 }

@@ -16,6 +16,8 @@ pub const PROXY_NAME: &str = "asap-proxy";
 pub enum Error {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("bad request target: {0}")]
+    BadTarget(#[from] crate::config::OriginError),
     #[error("no route for {0} and unmatched requests are denied")]
     Unmatched(String),
     #[error("CONNECT to port {0} is not allowed: the port is not in connect_ports")]
@@ -83,7 +85,7 @@ impl Error {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::BadRequest(_) | Error::BadTarget(_) => StatusCode::BAD_REQUEST,
             Error::Unmatched(_) | Error::PortNotAllowed(_) | Error::NotIntercepted(_) => {
                 StatusCode::FORBIDDEN
             }
@@ -102,7 +104,7 @@ impl Error {
     /// The RFC 9209 error type.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::BadRequest(_) => "http_request_error",
+            Error::BadRequest(_) | Error::BadTarget(_) => "http_request_error",
             Error::Unmatched(_) | Error::PortNotAllowed(_) | Error::NotIntercepted(_) => {
                 "http_request_denied"
             }

@@ -22,7 +22,6 @@ use tracing::Instrument;
 pub use self::body::Body;
 pub use self::error::{Error, PROXY_NAME};
 use crate::config::{Config, Origin, Route, Unmatched};
-use crate::routes::Host;
 use crate::upstream;
 
 /// Which listener a request arrived on.
@@ -175,41 +174,10 @@ fn target(request: &Request<Incoming>, entry: &Entry) -> Result<Target, Error> {
             origin: origin.clone(),
             path_and_query,
         }),
-        Entry::Forward => {
-            let tls = match uri.scheme_str() {
-                Some("http") => false,
-                Some("https") => true,
-                Some(_) => {
-                    return Err(Error::BadRequest("only http and https URLs can be proxied"));
-                }
-                None => {
-                    return Err(Error::BadRequest(
-                        "a proxy request needs an absolute URL such as GET http://host/path",
-                    ));
-                }
-            };
-            let authority = uri
-                .authority()
-                .ok_or(Error::BadRequest("the request URL has no host"))?;
-            if authority.as_str().contains('@') {
-                return Err(Error::BadRequest(
-                    "user information in the request URL is not supported",
-                ));
-            }
-            let host = Host::parse(authority.host())
-                .map_err(|_| Error::BadRequest("invalid host in the request URL"))?;
-            let port = match authority.port() {
-                None => default_port(tls),
-                Some(port) => match port.as_u16() {
-                    0 => return Err(Error::BadRequest("invalid port in the request URL")),
-                    port => port,
-                },
-            };
-            Ok(Target {
-                origin: Origin { tls, host, port },
-                path_and_query,
-            })
-        }
+        Entry::Forward => Ok(Target {
+            origin: Origin::from_uri(uri)?,
+            path_and_query,
+        }),
     }
 }
 
