@@ -120,14 +120,23 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let service = service.clone();
+        let watcher = graceful.watcher();
+        let first_byte = proxy.config().timeouts.request_header;
         let span = tracing::debug_span!("connection", listener = kind, %peer);
         tokio::spawn(
             async move {
-                if let Err(err) = connection.await {
+                // hyper's header timer starts at the first byte of a request; a client that
+                // connects and sends nothing would otherwise hold its socket forever.
+                let mut peek = [0u8; 1];
+                let first = tokio::time::timeout(first_byte, stream.peek(&mut peek)).await;
+                if !matches!(first, Ok(Ok(1))) {
+                    return tracing::debug!("closing a connection that sent nothing");
+                }
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(err) = watcher.watch(connection.into_owned()).await {
                     tracing::debug!(error = %err, "connection ended with an error");
                 }
             }

@@ -363,6 +363,20 @@ async fn client_stalling_in_its_request_head_is_disconnected() {
 }
 
 #[tokio::test]
+async fn client_that_never_sends_a_byte_is_disconnected() {
+    let proxy =
+        ProxyUnderTest::start(&config(1, "timeouts:\n  request_header_seconds: 0.3\n")).await;
+    let mut silent = TcpStream::connect(proxy.forward()).await.expect("connect");
+
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), silent.read_to_end(&mut rest))
+        .await
+        .expect("the proxy closes the silent connection")
+        .expect("read");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
+#[tokio::test]
 async fn upstream_that_never_accepts_the_connection_is_504() {
     // A listener whose accept queue is full drops further SYNs, so connecting hangs.
     let socket = TcpSocket::new_v4().expect("socket");
