@@ -193,6 +193,16 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
     }
 }
 
+/// Whether a path has `.` or `..` segments, also when percent-encoded or separated by
+/// backslashes. Upstreams resolve them, so `/public/../admin` would reach `/admin` with the
+/// token of a route for `/public`: such paths are refused rather than matched.
+pub fn has_dot_segments(path: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    decoded
+        .split(['/', '\\'])
+        .any(|segment| segment == "." || segment == "..")
+}
+
 /// The routes of a configuration, each with what the caller attaches to it.
 #[derive(Debug)]
 pub struct Table<T> {
@@ -386,6 +396,32 @@ mod tests {
                 Some(want),
                 "{spec:?}"
             );
+        }
+    }
+
+    #[test]
+    fn dot_segments_in_any_spelling() {
+        for path in [
+            "/a/../b",
+            "/..",
+            "/a/./b",
+            "/a/%2e%2E/b",
+            "/a/%2E/b",
+            "/a\\..\\b",
+            "/a/..%2fb",
+            "/a/.%2e",
+        ] {
+            assert!(has_dot_segments(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/a/b",
+            "/a..b",
+            "/.well-known/x",
+            "/a/...",
+            "/%2e%2e%2e",
+        ] {
+            assert!(!has_dot_segments(path), "{path}");
         }
     }
 

@@ -263,6 +263,11 @@ fn mistakes_are_refused_with_their_location() {
             "must start with /",
         ),
         (
+            format!("{DEFAULTS}{route}    path_prefix: /v2/../admin\n"),
+            "proxy.yaml:10:18: routes[0].path_prefix:",
+            ". or .. segment",
+        ),
+        (
             format!("{DEFAULTS}{route}unmatched: allow\n"),
             "proxy.yaml:10:12: unmatched:",
             "\"deny\" or \"forward\"",

@@ -238,6 +238,29 @@ async fn malformed_ports_are_400_and_mint_nothing() {
 }
 
 #[tokio::test]
+async fn dot_segments_cannot_step_outside_a_path_prefix() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let yaml = config(upstream.addr.port(), "").replace(
+        "    audience: test-audience\n",
+        "    path_prefix: /public\n    audience: public-only\n",
+    );
+    let proxy = ProxyUnderTest::start(&yaml).await;
+
+    let inside = wire::send(proxy.forward(), &get(&upstream, "/public/page", "")).await;
+    assert_eq!(inside.status, 200);
+    for sneaky in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/..%2fadmin",
+        "/public/./x",
+    ] {
+        let response = wire::send(proxy.forward(), &get(&upstream, sneaky, "")).await;
+        assert_eq!(response.status, 400, "{sneaky}");
+    }
+    assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
 async fn origin_form_request_is_400() {
     let proxy = ProxyUnderTest::start(&config(1, "")).await;
 

@@ -370,14 +370,18 @@ fn resolve_route(
     })?;
     let path_prefix = match &route.path_prefix {
         None => None,
-        Some(p) if p.value.starts_with('/') && !p.value.contains(['?', '#']) => {
+        Some(p)
+            if p.value.starts_with('/')
+                && !p.value.contains(['?', '#'])
+                && !routes::has_dot_segments(&p.value) =>
+        {
             Some(p.value.clone())
         }
         Some(p) => {
             return Err(ctx.at(
                 format!("{here}.path_prefix"),
                 p,
-                "must start with / and contain no query or fragment",
+                "must start with / and contain no query, fragment, . or .. segment",
             ));
         }
     };

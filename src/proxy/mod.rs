@@ -22,6 +22,7 @@ use tracing::Instrument;
 pub use self::body::Body;
 pub use self::error::{Error, PROXY_NAME};
 use crate::config::{Config, Origin, Route, Unmatched};
+use crate::routes;
 use crate::upstream;
 
 /// Which listener a request arrived on.
@@ -108,6 +109,11 @@ impl Proxy {
         target: Target,
     ) -> Result<Response<Body>, Error> {
         let path = target.path_and_query.path();
+        if routes::has_dot_segments(path) {
+            return Err(Error::BadRequest(
+                "the path has . or .. segments, which could step outside a route's path_prefix",
+            ));
+        }
         let (origin, authorization) =
             match self
                 .config
