@@ -28,7 +28,7 @@ impl Client {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeouts.connect));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(crate::tls::client_config(tls.ca_file.as_deref())?)
+            .with_tls_config(crate::tls::client_config(&tls.extra_roots)?)
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);

@@ -294,7 +294,22 @@ fn mistakes_are_refused_with_their_location() {
         (
             format!("{DEFAULTS}{route}tls:\n  ca_file: /no/such/ca.pem\n"),
             "proxy.yaml:11:12: tls.ca_file:",
-            "no such file",
+            "cannot read /no/such/ca.pem",
+        ),
+        (
+            format!("{DEFAULTS}{route}tls:\n  ca_file: {{keys}}/README.md\n"),
+            "proxy.yaml:11:12: tls.ca_file:",
+            "holds no PEM certificate",
+        ),
+        (
+            format!(
+                "{DEFAULTS}{route}  - host: b.test\n    audience: x\n    asap:\n      \
+                 private_key_file: {{keys}}/ec-p256.sec1-params.pem\n  - host: c.test\n    \
+                 audience: x\n    asap:\n      private_key_file: {{keys}}/rsa-2048.pkcs1.pem\n      \
+                 algorithm: RS256\n"
+            ),
+            "proxy.yaml:14:11: routes[2].asap.kid:",
+            "already names a different key in route 0",
         ),
         (
             format!("{DEFAULTS}{route}timeouts:\n  connect_seconds: -1\n"),

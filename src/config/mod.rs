@@ -157,6 +157,8 @@ pub enum Unmatched {
 pub struct Tls {
     /// Extra roots trusted for upstream TLS, besides the system store.
     pub ca_file: Option<PathBuf>,
+    /// The certificates read from `ca_file`.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

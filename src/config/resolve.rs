@@ -129,21 +129,17 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
         },
     };
 
-    let tls = Tls {
-        ca_file: match file.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
-            None => None,
-            Some(ca) => {
-                let resolved = ctx.path(&ca.value);
-                if !resolved.is_file() {
-                    return Err(ctx.at(
-                        "tls.ca_file",
-                        ca,
-                        format!("no such file: {}", resolved.display()),
-                    ));
-                }
-                Some(resolved)
+    let tls = match file.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+        None => Tls::default(),
+        Some(ca) => {
+            let path = ctx.path(&ca.value);
+            let extra_roots = crate::tls::read_ca_file(&path)
+                .map_err(|e| ctx.at("tls.ca_file", ca, e.to_string()))?;
+            Tls {
+                ca_file: Some(path),
+                extra_roots,
             }
-        },
+        }
     };
 
     let timeouts = timeouts(&ctx, file.timeouts.as_ref())?;
@@ -156,14 +152,29 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
 
     let mut keys = KeyCache::default();
     let mut table = Vec::with_capacity(file.routes.len());
+    // Verifiers fetch a public key by kid, so one kid must always name the same key.
+    let mut kids: HashMap<String, (String, usize)> = HashMap::new();
     for (index, route) in file.routes.iter().enumerate() {
-        table.push(resolve_route(
-            &ctx,
-            &mut keys,
-            file.asap.as_ref(),
-            index,
-            route,
-        )?);
+        let (rule, resolved) = resolve_route(&ctx, &mut keys, file.asap.as_ref(), index, route)?;
+        let spec = resolved.minter.spec();
+        let public = spec.key().public_key_pem();
+        let kid = spec.kid().to_string();
+        match kids.get(&kid) {
+            Some((other, first)) if *other != public => {
+                return Err(ctx.at(
+                    format!("routes[{index}].asap.kid"),
+                    &route.host,
+                    format!(
+                        "kid {kid:?} already names a different key in route {first}: give each key its own kid"
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                kids.insert(kid, (public, index));
+            }
+        }
+        table.push((rule, resolved));
     }
     let routes = routes::Table::new(table).map_err(|c| {
         let host = &file.routes[c.second].host;

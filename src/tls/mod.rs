@@ -11,10 +11,16 @@ use rustls::pki_types::pem::PemObject;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read CA file {path}: {reason}")]
+    #[error("cannot read {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
-    #[error("CA file {path} holds no certificate")]
+    #[error("{path} holds no PEM certificate")]
     EmptyCaFile { path: PathBuf },
+    #[error("{path}: certificate {index} is not usable as a root: {reason}")]
+    BadRoot {
+        path: PathBuf,
+        index: usize,
+        reason: String,
+    },
     #[error("no trusted root certificates: the system store is empty and no tls.ca_file is set")]
     NoRoots,
     #[error("TLS configuration: {0}")]
@@ -25,8 +31,34 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The system's trusted roots plus those in `extra_ca_file`.
-pub fn roots(extra_ca_file: Option<&Path>) -> Result<RootCertStore, Error> {
+/// Reads the PEM certificates of an extra CA file, checking that each can be a trust anchor.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let bad = |reason: String| Error::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(Error::EmptyCaFile {
+            path: path.to_owned(),
+        });
+    }
+    let mut check = RootCertStore::empty();
+    for (index, cert) in certs.iter().enumerate() {
+        check.add(cert.clone()).map_err(|e| Error::BadRoot {
+            path: path.to_owned(),
+            index,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(certs)
+}
+
+/// The system's trusted roots plus `extra`.
+pub fn roots(extra: &[CertificateDer<'static>]) -> Result<RootCertStore, Error> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for err in &native.errors {
@@ -34,25 +66,7 @@ pub fn roots(extra_ca_file: Option<&Path>) -> Result<RootCertStore, Error> {
     }
     let (added, ignored) = roots.add_parsable_certificates(native.certs);
     tracing::debug!(added, ignored, "loaded system trust store");
-
-    if let Some(path) = extra_ca_file {
-        let bad = |reason: String| Error::CaFile {
-            path: path.to_owned(),
-            reason,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(Error::EmptyCaFile {
-                path: path.to_owned(),
-            });
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
-        }
-    }
+    roots.add_parsable_certificates(extra.iter().cloned());
     if roots.is_empty() {
         return Err(Error::NoRoots);
     }
@@ -60,9 +74,11 @@ pub fn roots(extra_ca_file: Option<&Path>) -> Result<RootCertStore, Error> {
 }
 
 /// Client configuration for upstream connections; ALPN is left to the connector.
-pub fn client_config(extra_ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
+pub fn client_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, Error> {
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots(extra_ca_file)?)
+        .with_root_certificates(roots(extra_roots)?)
         .with_no_client_auth())
 }
