@@ -289,7 +289,21 @@ fn mistakes_are_refused_with_their_location() {
                 "{DEFAULTS}{route}reverse:\n  - listen: 127.0.0.1:8080\n    upstream: http://x\n"
             ),
             "proxy.yaml: reverse[0].listen:",
-            "already used",
+            "overlaps 127.0.0.1:8080, used by listen",
+        ),
+        (
+            format!(
+                "{DEFAULTS}{route}reverse:\n  - listen: 0.0.0.0:8080\n    upstream: http://x\n"
+            ),
+            "proxy.yaml: reverse[0].listen:",
+            "overlaps",
+        ),
+        (
+            format!(
+                "{DEFAULTS}{route}reverse:\n  - listen: 127.0.0.1:9000\n    upstream: http://127.0.0.1:9000\n"
+            ),
+            "proxy.yaml: reverse[0].upstream:",
+            "requests would loop",
         ),
         (
             format!("{DEFAULTS}{route}tls:\n  ca_file: /no/such/ca.pem\n"),
@@ -356,6 +370,22 @@ fn inline_key_errors_never_echo_the_key() {
     assert!(!err.contains(body_line), "{err}");
     assert!(
         err.starts_with("proxy.yaml:6:16: asap.private_key:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn yaml_1_1_booleans_are_plain_strings() {
+    let yaml = format!("{DEFAULTS}routes:\n  - host: a.test\n    audience: on\n");
+    let config = parse(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    let (_, route) = config.routes.iter().next().expect("route");
+    assert_eq!(route.minter.spec().audience().as_slice(), ["on"]);
+
+    let err = error(&format!(
+        "{DEFAULTS}routes:\n  - host: a.test\n    audience: x\n    upstream_tls: yes\n"
+    ));
+    assert!(
+        err.starts_with("proxy.yaml:10:19: routes[0].upstream_tls:"),
         "{err}"
     );
 }

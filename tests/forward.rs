@@ -444,3 +444,61 @@ async fn upstream_connections_are_reused() {
         "one pooled connection: {peers:?}"
     );
 }
+
+#[tokio::test]
+async fn broken_request_body_is_the_clients_fault() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let proxy = ProxyUnderTest::start(&config(upstream.addr.port(), "")).await;
+
+    let request = format!(
+        "POST http://{addr}/ HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\nnot-a-chunk-size\r\n\r\n",
+        addr = upstream.addr
+    );
+    let response = wire::send(proxy.forward(), &request).await;
+
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response
+            .header("proxy-status")
+            .expect("Proxy-Status")
+            .contains("http_request_error")
+    );
+}
+
+#[tokio::test]
+async fn unrequested_protocol_switch_is_502() {
+    let upstream =
+        MockUpstream::recording(|_| upstream::status(101, &[("upgrade", "websocket")])).await;
+    let proxy = ProxyUnderTest::start(&config(upstream.addr.port(), "")).await;
+
+    let response = wire::send(proxy.forward(), &get(&upstream, "/", "")).await;
+
+    assert_eq!(response.status, 502, "{}", response.text());
+    assert!(response.text().contains("101"), "{}", response.text());
+}
+
+#[tokio::test]
+async fn upstream_closing_during_the_tls_handshake_is_a_tls_error() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let yaml = config(addr.port(), "").replace(
+        "audience: test-audience\n",
+        "audience: test-audience\n    upstream_tls: true\n",
+    );
+    let proxy = ProxyUnderTest::start(&yaml).await;
+
+    let request = format!("GET http://{addr}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let response = wire::send(proxy.forward(), &request).await;
+
+    assert_eq!(response.status, 502);
+    let status = response.header("proxy-status").expect("Proxy-Status");
+    assert!(status.contains("error=tls_protocol_error"), "{status}");
+}

@@ -17,7 +17,9 @@ use crate::token::{Algorithm, Minter, SigningKey, SpecFields, TokenSpec};
 /// Parses YAML text into the raw mirror, locating any error by line, column and key path.
 pub(super) fn read_yaml(text: &str, path: &Path) -> Result<raw::File, Error> {
     let mut key = None;
-    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+    // YAML 1.2 booleans only: `audience: no` is the string "no", never false.
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             // `Spanned` wraps values in a `value` field the file never names.
             let path = e.path().to_string();
@@ -38,10 +40,14 @@ pub(super) fn read_yaml(text: &str, path: &Path) -> Result<raw::File, Error> {
         if let Some(at) = message.rfind(" at line ") {
             message.truncate(at);
         }
+        // Advice meant for programs using the library, not for people writing the file.
+        if let Some(at) = message.find(", set DuplicateKeyPolicy") {
+            message.truncate(at);
+        }
         Error {
             file: path.to_owned(),
             position,
-            key: key.filter(|k| k != "."),
+            key: key.filter(|k| k != "." && k != "?"),
             message,
         }
     })
@@ -112,7 +118,7 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
             "no listener configured: set `listen` (forward proxy) or add a `reverse` listener",
         ));
     }
-    check_distinct_listeners(&ctx, listen, &reverse)?;
+    check_listeners(&ctx, listen, &reverse)?;
 
     let unmatched = match file.unmatched.as_ref() {
         None => Unmatched::Deny,
@@ -257,27 +263,53 @@ fn origin(ctx: &Ctx<'_>, key: String, value: &Spanned<String>) -> Result<Origin,
     Ok(origin)
 }
 
-fn check_distinct_listeners(
+/// Listeners must not overlap (`0.0.0.0:80` takes port 80 on every address), and a
+/// reverse listener must not send requests to the proxy itself.
+fn check_listeners(
     ctx: &Ctx<'_>,
     listen: Option<SocketAddr>,
     reverse: &[Reverse],
 ) -> Result<(), Error> {
-    let mut seen: Vec<(SocketAddr, String)> = listen
+    let overlap = |a: &SocketAddr, b: &SocketAddr| {
+        // Port 0 asks the system for a free port, so it never collides.
+        a.port() == b.port()
+            && a.port() != 0
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    let listeners: Vec<(SocketAddr, String)> = listen
         .map(|a| (a, "listen".to_owned()))
         .into_iter()
+        .chain(
+            reverse
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.listen, format!("reverse[{i}].listen"))),
+        )
         .collect();
-    for (i, r) in reverse.iter().enumerate() {
-        // Port 0 asks the system for a free port, so it never collides.
-        if r.listen.port() != 0
-            && let Some((_, first)) = seen.iter().find(|(a, _)| *a == r.listen)
-        {
+    for (i, (addr, key)) in listeners.iter().enumerate() {
+        if let Some((other, first)) = listeners[..i].iter().find(|(a, _)| overlap(a, addr)) {
             return Err(ctx.error(
-                format!("reverse[{i}].listen"),
+                key.clone(),
                 None,
-                format!("{} is already used by {first}", r.listen),
+                format!("{addr} overlaps {other}, used by {first}"),
             ));
         }
-        seen.push((r.listen, format!("reverse[{i}].listen")));
+    }
+    for (i, r) in reverse.iter().enumerate() {
+        let Some(ip) = r.upstream.host.ip() else {
+            continue;
+        };
+        let target = SocketAddr::new(ip, r.upstream.port);
+        if let Some((_, key)) = listeners.iter().find(|(a, _)| overlap(a, &target)) {
+            return Err(ctx.error(
+                format!("reverse[{i}].upstream"),
+                None,
+                format!(
+                    "{} is the proxy's own listener ({key}): requests would loop",
+                    r.upstream
+                ),
+            ));
+        }
     }
     Ok(())
 }

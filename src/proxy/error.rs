@@ -16,6 +16,8 @@ pub const PROXY_NAME: &str = "asap-proxy";
 pub enum Error {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("bad request: the request body could not be read")]
+    RequestBody,
     #[error("bad request target: {0}")]
     BadTarget(#[from] crate::config::OriginError),
     #[error("no route for {0} and unmatched requests are denied")]
@@ -62,10 +64,22 @@ impl Error {
                     _ => Error::Tls { authority, reason },
                 };
             }
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_user)
+            {
+                // The request body we were streaming from the client failed.
+                return Error::RequestBody;
+            }
             reason = Some(e.to_string());
             cause = match e.downcast_ref::<std::io::Error>() {
                 Some(io) if io.kind() == std::io::ErrorKind::TimedOut => {
                     return Error::ConnectTimeout { authority };
+                }
+                // Only a TLS handshake reads while connecting.
+                Some(io) if io.kind() == std::io::ErrorKind::UnexpectedEof && err.is_connect() => {
+                    let reason =
+                        "the upstream closed the connection during the TLS handshake".to_owned();
+                    return Error::Tls { authority, reason };
                 }
                 // An I/O error's `source` skips the error it wraps; look at that one itself.
                 Some(io) => match io.get_ref() {
@@ -85,7 +99,9 @@ impl Error {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::BadRequest(_) | Error::BadTarget(_) => StatusCode::BAD_REQUEST,
+            Error::BadRequest(_) | Error::BadTarget(_) | Error::RequestBody => {
+                StatusCode::BAD_REQUEST
+            }
             Error::Unmatched(_) | Error::PortNotAllowed(_) | Error::NotIntercepted(_) => {
                 StatusCode::FORBIDDEN
             }
@@ -104,7 +120,7 @@ impl Error {
     /// The RFC 9209 error type.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::BadRequest(_) | Error::BadTarget(_) => "http_request_error",
+            Error::BadRequest(_) | Error::BadTarget(_) | Error::RequestBody => "http_request_error",
             Error::Unmatched(_) | Error::PortNotAllowed(_) | Error::NotIntercepted(_) => {
                 "http_request_denied"
             }
@@ -169,6 +185,7 @@ mod tests {
         let reason = || "why".to_owned();
         let cases = [
             (Error::BadRequest("bad"), 400, "http_request_error"),
+            (Error::RequestBody, 400, "http_request_error"),
             (Error::Unmatched(authority()), 403, "http_request_denied"),
             (Error::Mint { route: 3 }, 500, "proxy_internal_error"),
             (Error::PortNotAllowed(22), 403, "http_request_denied"),

@@ -160,6 +160,13 @@ impl Proxy {
             .send(Request::from_parts(parts, body), &authority)
             .await?;
 
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // Upgrade headers never travel upstream, so no client asked for this.
+            return Err(Error::Upstream {
+                authority,
+                reason: "unexpected 101 Switching Protocols: upgrades are not proxied".to_owned(),
+            });
+        }
         let (mut parts, body) = response.into_parts();
         let upstream_version = parts.version;
         headers::remove_hop_by_hop(&mut parts.headers);
