@@ -217,6 +217,15 @@ fn check(path: &Path) -> anyhow::Result<()> {
         config::Unmatched::Forward => "forward without a token",
     };
     writeln!(out, "unmatched hosts   {unmatched}")?;
+    let ports: Vec<String> = config.connect_ports.iter().map(u16::to_string).collect();
+    writeln!(out, "CONNECT ports     {}", ports.join(", "))?;
+    match &config.intercept {
+        Some(ca) => writeln!(out, "TLS interception  on, CA {}", ca.subject())?,
+        None => writeln!(
+            out,
+            "TLS interception  off (CONNECT to routed hosts is refused)"
+        )?,
+    }
     writeln!(out, "routes:")?;
     for (rule, route) in config.routes.iter() {
         let spec = route.minter.spec();

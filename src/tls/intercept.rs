@@ -114,6 +114,11 @@ impl Authority {
         })
     }
 
+    /// The CA certificate's subject, for display.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
     /// A TLS server configuration presenting a leaf for `host`, offering h2 and http/1.1.
     pub fn server_config(&self, host: &Host) -> Result<Arc<ServerConfig>, Error> {
         let now = OffsetDateTime::now_utc();
