@@ -5,6 +5,7 @@
 //! (minting) and [`upstream`] (the pooled client), all driven by a checked [`config`].
 
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod proxy;
 pub mod routes;

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
+use crate::clients::Admission;
 use crate::routes::{self, Host};
 use crate::tls::intercept::Authority;
 use crate::token::Minter;
@@ -32,6 +35,39 @@ pub struct Config {
     pub intercept: Option<Arc<Authority>>,
     /// Ports a CONNECT request may name.
     pub connect_ports: Vec<u16>,
+    /// Which clients may use the listeners.
+    pub clients: Admission,
+    /// Extra allowed and denied destination networks.
+    pub destinations: Destinations,
+    /// The admin listener: health and metrics.
+    pub admin: Option<SocketAddr>,
+    pub limits: Limits,
+    /// How long requests and tunnels in flight may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// A `tracing` filter such as `info` or `asap_proxy=debug`; `RUST_LOG` overrides it.
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Destinations {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Client connections open at once, over all listeners; more are refused with 503.
+    pub max_connections: usize,
+    /// Bytes of one request head; more gets 431.
+    pub max_header_bytes: usize,
+    /// Header lines in one request head; more gets 431.
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_connections: 10_000, max_header_bytes: 64 * 1024, max_headers: 100 }
+    }
 }
 
 #[derive(Debug)]

@@ -22,6 +22,47 @@ pub struct File {
     pub timeouts: Option<Timeouts>,
     pub intercept: Option<Intercept>,
     pub connect_ports: Option<Vec<Spanned<i64>>>,
+    pub clients: Option<Spanned<Clients>>,
+    pub destinations: Option<Destinations>,
+    pub admin: Option<Spanned<String>>,
+    #[serde(default)]
+    pub admin_expose: bool,
+    pub limits: Option<Limits>,
+    pub shutdown_grace_seconds: Option<Spanned<f64>>,
+    pub log_level: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clients {
+    pub allow: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: Spanned<String>,
+    pub password_env: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destinations {
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
