@@ -32,7 +32,10 @@ pub struct User {
 
 impl User {
     pub fn new(name: String, password: &str) -> User {
-        User { name, password_sha256: Sha256::digest(password.as_bytes()).into() }
+        User {
+            name,
+            password_sha256: Sha256::digest(password.as_bytes()).into(),
+        }
     }
 }
 
@@ -61,7 +64,11 @@ impl Admission {
 
     /// Admits a client by address and, when users are configured, by credentials. Returns
     /// the user name, if any.
-    pub fn admit(&self, peer: IpAddr, proxy_authorization: Option<&HeaderValue>) -> Result<Option<&str>, Refusal> {
+    pub fn admit(
+        &self,
+        peer: IpAddr,
+        proxy_authorization: Option<&HeaderValue>,
+    ) -> Result<Option<&str>, Refusal> {
         // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d.
         let peer = peer.to_canonical();
         if !self.allow.iter().any(|net| net.contains(&peer)) {
@@ -78,7 +85,8 @@ impl Admission {
         // part was wrong.
         let mut found = None;
         for user in &self.users {
-            let matches = user.name.as_bytes().ct_eq(name.as_bytes()) & user.password_sha256.ct_eq(&digest);
+            let matches =
+                user.name.as_bytes().ct_eq(name.as_bytes()) & user.password_sha256.ct_eq(&digest);
             if bool::from(matches) {
                 found = Some(user.name.as_str());
             }
@@ -90,14 +98,20 @@ impl Admission {
 impl fmt::Debug for Admission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let users: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
-        f.debug_struct("Admission").field("allow", &self.allow).field("users", &users).finish()
+        f.debug_struct("Admission")
+            .field("allow", &self.allow)
+            .field("users", &users)
+            .finish()
     }
 }
 
 /// 127.0.0.0/8 and ::1.
 pub fn loopback_networks() -> Vec<IpNet> {
     vec![
-        IpNet::V4(ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).expect("8 is a valid prefix")),
+        IpNet::V4(
+            ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8)
+                .expect("8 is a valid prefix"),
+        ),
         IpNet::from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
     ]
 }
@@ -112,7 +126,10 @@ fn basic_credentials(value: &[u8]) -> Option<(String, zeroize::Zeroizing<String>
     let decoded = zeroize::Zeroizing::new(STANDARD.decode(encoded.trim()).ok()?);
     let text = std::str::from_utf8(&decoded).ok()?;
     let (name, password) = text.split_once(':')?;
-    Some((name.to_owned(), zeroize::Zeroizing::new(password.to_owned())))
+    Some((
+        name.to_owned(),
+        zeroize::Zeroizing::new(password.to_owned()),
+    ))
 }
 
 #[cfg(test)]
@@ -134,7 +151,11 @@ mod tests {
             assert_eq!(admission.admit(ip(ok), None), Ok(None), "{ok}");
         }
         for refused in ["10.0.0.1", "192.168.1.1", "::2", "::ffff:10.0.0.1"] {
-            assert_eq!(admission.admit(ip(refused), None), Err(Refusal::Address), "{refused}");
+            assert_eq!(
+                admission.admit(ip(refused), None),
+                Err(Refusal::Address),
+                "{refused}"
+            );
         }
     }
 
@@ -142,12 +163,25 @@ mod tests {
     fn networks_and_credentials() {
         let admission = Admission::new(
             vec!["10.0.0.0/8".parse().expect("net")],
-            vec![User::new("ci".into(), "s3cret:with:colons"), User::new("ops".into(), "other")],
+            vec![
+                User::new("ci".into(), "s3cret:with:colons"),
+                User::new("ops".into(), "other"),
+            ],
         );
-        assert_eq!(admission.admit(ip("10.1.2.3"), Some(&basic("ci:s3cret:with:colons"))), Ok(Some("ci")));
-        assert_eq!(admission.admit(ip("10.1.2.3"), Some(&basic("ops:other"))), Ok(Some("ops")));
-        let lower = HeaderValue::from_str(&format!("basic {}", STANDARD.encode("ops:other"))).expect("header");
-        assert_eq!(admission.admit(ip("10.1.2.3"), Some(&lower)), Ok(Some("ops")));
+        assert_eq!(
+            admission.admit(ip("10.1.2.3"), Some(&basic("ci:s3cret:with:colons"))),
+            Ok(Some("ci"))
+        );
+        assert_eq!(
+            admission.admit(ip("10.1.2.3"), Some(&basic("ops:other"))),
+            Ok(Some("ops"))
+        );
+        let lower = HeaderValue::from_str(&format!("basic {}", STANDARD.encode("ops:other")))
+            .expect("header");
+        assert_eq!(
+            admission.admit(ip("10.1.2.3"), Some(&lower)),
+            Ok(Some("ops"))
+        );
         for wrong in [
             Some(basic("ci:wrong")),
             Some(basic("ops:s3cret:with:colons")),
@@ -157,16 +191,26 @@ mod tests {
             Some(HeaderValue::from_static("Basic !!!")),
             None,
         ] {
-            assert_eq!(admission.admit(ip("10.1.2.3"), wrong.as_ref()), Err(Refusal::Credentials), "{wrong:?}");
+            assert_eq!(
+                admission.admit(ip("10.1.2.3"), wrong.as_ref()),
+                Err(Refusal::Credentials),
+                "{wrong:?}"
+            );
         }
         // The address is checked first: right credentials from elsewhere are still refused.
-        assert_eq!(admission.admit(ip("11.0.0.1"), Some(&basic("ops:other"))), Err(Refusal::Address));
+        assert_eq!(
+            admission.admit(ip("11.0.0.1"), Some(&basic("ops:other"))),
+            Err(Refusal::Address)
+        );
     }
 
     #[test]
     fn debug_shows_no_password() {
         let admission = Admission::new(Vec::new(), vec![User::new("ci".into(), "hunter2")]);
         let debug = format!("{admission:?}");
-        assert!(debug.contains("ci") && !debug.contains("hunter2"), "{debug}");
+        assert!(
+            debug.contains("ci") && !debug.contains("hunter2"),
+            "{debug}"
+        );
     }
 }

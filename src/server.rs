@@ -12,12 +12,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::proxy::{Entry, Proxy};
+use crate::proxy::{Conn, Entry, PROXY_NAME, Proxy};
 
 /// The listeners of a configuration, bound and ready to serve.
 #[derive(Debug)]
@@ -66,6 +68,7 @@ pub async fn run(
     drain: Duration,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
+    let places = Arc::new(Semaphore::new(proxy.config().limits.max_connections));
     let all = listeners
         .forward
         .map(|l| (l, Entry::Forward))
@@ -74,18 +77,29 @@ pub async fn run(
     for (listener, entry) in all {
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
+        let places = places.clone();
         tasks.spawn(async move {
-            serve(listener, entry, proxy, shutdown.cancelled_owned(), drain).await
+            serve(
+                listener,
+                entry,
+                proxy,
+                places,
+                shutdown.cancelled_owned(),
+                drain,
+            )
+            .await
         });
     }
     while tasks.join_next().await.is_some() {}
 }
 
 /// Accepts connections on one listener and serves each in its own task.
+/// `places` bounds the client connections open at once, over all listeners that share it.
 pub async fn serve(
     listener: TcpListener,
     entry: Entry,
     proxy: Arc<Proxy>,
+    places: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
@@ -102,7 +116,6 @@ pub async fn serve(
         _ => {}
     }
     let builder = http_builder(&proxy, &entry);
-    let service = service(proxy.clone(), entry);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
@@ -119,9 +132,20 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached, refusing a client");
+            tokio::spawn(refuse(stream));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
-        let service = service.clone();
+        let service = service(
+            proxy.clone(),
+            Conn {
+                peer,
+                entry: entry.clone(),
+            },
+        );
         let watcher = graceful.watcher();
         let first_byte = proxy.config().timeouts.request_header;
         let span = tracing::debug_span!("connection", listener = kind, %peer);
@@ -139,6 +163,7 @@ pub async fn serve(
                 if let Err(err) = watcher.watch(connection.into_owned()).await {
                     tracing::debug!(error = %err, "connection ended with an error");
                 }
+                drop(place);
             }
             .instrument(span),
         );
@@ -158,15 +183,41 @@ pub async fn serve(
     }
 }
 
+/// Tells a client over the connection limit so, briefly, and closes.
+async fn refuse(mut stream: TcpStream) {
+    const BODY: &str = "the proxy has too many open connections; try again later\n";
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nProxy-Status: {PROXY_NAME}; error=connection_limit_reached\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let exchange = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what the client sent, so that closing does not reset the connection before
+        // the client has read the answer.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), exchange).await;
+}
+
 /// HTTP/1.1 and HTTP/2 (HTTP/1.1 only on the forward listener, where clients speak the proxy
 /// protocol), with the request-head timeout running on tokio's timer.
 fn http_builder(proxy: &Proxy, entry: &Entry) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    let config = proxy.config();
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(proxy.config().timeouts.request_header);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(config.timeouts.request_header)
+        .max_buf_size(config.limits.max_header_bytes)
+        .max_headers(config.limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX));
     match entry {
         Entry::Forward => builder.http1_only(),
         Entry::Reverse(_) | Entry::Intercepted(_) => builder,
@@ -175,7 +226,7 @@ fn http_builder(proxy: &Proxy, entry: &Entry) -> auto::Builder<TokioExecutor> {
 
 fn service(
     proxy: Arc<Proxy>,
-    entry: Entry,
+    conn: Conn,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<crate::proxy::Body>,
@@ -183,11 +234,11 @@ fn service(
     Future = impl Future<Output = Result<http::Response<crate::proxy::Body>, std::convert::Infallible>>
              + Send,
 > + Clone {
-    let entry = Arc::new(entry);
+    let conn = Arc::new(conn);
     service_fn(move |request| {
         let proxy = proxy.clone();
-        let entry = entry.clone();
-        async move { Ok(proxy.handle(request, &entry).await) }
+        let conn = conn.clone();
+        async move { Ok(proxy.handle(request, &conn).await) }
     })
 }
 
@@ -198,16 +249,16 @@ fn service(
 /// future type would otherwise contain itself.
 pub(crate) fn serve_http<I>(
     io: I,
-    entry: Entry,
+    conn: Conn,
     proxy: Arc<Proxy>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     Box::pin(async move {
-        let builder = http_builder(&proxy, &entry);
+        let builder = http_builder(&proxy, &conn.entry);
         // TODO(#4): let intercepted connections finish within the drain deadline.
-        if let Err(err) = builder.serve_connection(io, service(proxy, entry)).await {
+        if let Err(err) = builder.serve_connection(io, service(proxy, conn)).await {
             tracing::debug!(error = %err, "connection ended with an error");
         }
     })

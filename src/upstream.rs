@@ -10,14 +10,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Timeouts, Tls};
-use crate::proxy::Error;
+use crate::proxy::{Error, RequestBody};
 
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: HyperClient<HttpsConnector<HttpConnector>, Incoming>,
+    inner: HyperClient<HttpsConnector<HttpConnector>, RequestBody>,
     response_timeout: Duration,
 }
 
@@ -46,7 +46,7 @@ impl Client {
     /// Sends the request and waits for the response head; the body streams afterwards.
     pub async fn send(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         authority: &str,
     ) -> Result<Response<Incoming>, Error> {
         match tokio::time::timeout(self.response_timeout, self.inner.request(request)).await {

@@ -335,6 +335,62 @@ fn mistakes_are_refused_with_their_location() {
             "proxy.yaml: listen:",
             "no listener",
         ),
+        (
+            format!("{DEFAULTS}{route}").replace("127.0.0.1:8080", "0.0.0.0:8080"),
+            "proxy.yaml: listen:",
+            "reachable from other machines",
+        ),
+        (
+            format!(
+                "{DEFAULTS}{route}reverse:\n  - listen: \"[::]:9000\"\n    upstream: http://x\n"
+            ),
+            "proxy.yaml: reverse[0].listen:",
+            "add a clients section",
+        ),
+        (
+            format!("{DEFAULTS}{route}clients: {{}}\n"),
+            "proxy.yaml:10:10: clients:",
+            "set allow",
+        ),
+        (
+            format!("{DEFAULTS}{route}clients:\n  allow: [10.0.0.0/33]\n"),
+            "proxy.yaml:11:11: clients.allow[0]:",
+            "not a CIDR",
+        ),
+        (
+            format!(
+                "{DEFAULTS}{route}clients:\n  users:\n    - name: a\n      password_env: X\n      password_file: y\n"
+            ),
+            "proxy.yaml:12:13: clients.users[0]:",
+            "exactly one of password_env and password_file",
+        ),
+        (
+            format!(
+                "{DEFAULTS}{route}clients:\n  users:\n    - name: a\n      password_env: ASAP_PROXY_TEST_UNSET_VARIABLE\n"
+            ),
+            "proxy.yaml:13:21: clients.users[0].password_env:",
+            "is not set",
+        ),
+        (
+            format!("{DEFAULTS}{route}admin: 0.0.0.0:9901\n"),
+            "proxy.yaml:10:8: admin:",
+            "admin_expose: true",
+        ),
+        (
+            format!("{DEFAULTS}{route}limits:\n  max_header_bytes: 100\n"),
+            "proxy.yaml:11:21: limits.max_header_bytes:",
+            "from 8192",
+        ),
+        (
+            format!("{DEFAULTS}{route}log_level: \"asap_proxy=loud\"\n"),
+            "proxy.yaml:10:12: log_level:",
+            "not a log filter",
+        ),
+        (
+            format!("{DEFAULTS}{route}destinations:\n  deny: [nope]\n"),
+            "proxy.yaml:11:10: destinations.deny[0]:",
+            "not a CIDR",
+        ),
         ("listen: [127.0.0.1\n".to_owned(), "proxy.yaml:", ""),
         (
             format!("listen: 127.0.0.1:0\n{route}"),
@@ -372,6 +428,15 @@ fn inline_key_errors_never_echo_the_key() {
         err.starts_with("proxy.yaml:6:16: asap.private_key:"),
         "{err}"
     );
+}
+
+#[test]
+fn exposed_listener_is_accepted_with_a_clients_section() {
+    let yaml = format!(
+        "{}routes:\n  - host: a.test\n    audience: x\nclients:\n  allow: [10.0.0.0/8, \"::/0\"]\nadmin: 0.0.0.0:9901\nadmin_expose: true\n",
+        DEFAULTS.replace("127.0.0.1:8080", "0.0.0.0:8080")
+    );
+    parse(&yaml).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]

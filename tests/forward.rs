@@ -126,13 +126,18 @@ async fn hop_by_hop_headers_are_removed_both_ways_and_via_added() {
         assert!(seen.header(hop).is_none(), "{hop} reached the upstream");
     }
     assert_eq!(seen.header("x-kept"), Some("yes"));
-    assert_eq!(seen.header("via"), Some("1.1 asap-proxy"));
+    let via = seen.header("via").expect("Via upstream");
+    assert!(via.starts_with("1.1 asap-proxy-"), "{via}");
 
     for hop in ["x-upstream-hop", "keep-alive", "proxy-authenticate"] {
         assert!(!response.has(hop), "{hop} reached the client");
     }
     assert_eq!(response.header("x-end-to-end"), Some("kept"));
-    assert_eq!(response.header("via"), Some("1.1 asap-proxy"));
+    assert_eq!(
+        response.header("via"),
+        Some(via),
+        "the same pseudonym both ways"
+    );
 }
 
 #[tokio::test]

@@ -66,7 +66,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_connections: 10_000, max_header_bytes: 64 * 1024, max_headers: 100 }
+        Limits {
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+        }
     }
 }
 

@@ -11,7 +11,9 @@ use serde_saphyr::{Location, Spanned};
 use super::raw;
 use ipnet::IpNet;
 
-use super::{Config, Destinations, Error, Limits, Origin, Reverse, Route, Timeouts, Tls, Unmatched};
+use super::{
+    Config, Destinations, Error, Limits, Origin, Reverse, Route, Timeouts, Tls, Unmatched,
+};
 use crate::clients::{Admission, User};
 use crate::routes::{self, Rule};
 use crate::tls::intercept::{self, Authority};
@@ -157,10 +159,22 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
         refuse_exposed_listeners(&ctx, listen, &reverse)?;
     }
     let destinations = Destinations {
-        allow: networks(&ctx, "destinations.allow", file.destinations.as_ref().map_or(&[][..], |d| &d.allow))?,
-        deny: networks(&ctx, "destinations.deny", file.destinations.as_ref().map_or(&[][..], |d| &d.deny))?,
+        allow: networks(
+            &ctx,
+            "destinations.allow",
+            file.destinations.as_ref().map_or(&[][..], |d| &d.allow),
+        )?,
+        deny: networks(
+            &ctx,
+            "destinations.deny",
+            file.destinations.as_ref().map_or(&[][..], |d| &d.deny),
+        )?,
     };
-    let admin = file.admin.as_ref().map(|a| socket_addr(&ctx, "admin", a)).transpose()?;
+    let admin = file
+        .admin
+        .as_ref()
+        .map(|a| socket_addr(&ctx, "admin", a))
+        .transpose()?;
     if let (Some(addr), Some(raw)) = (admin, &file.admin)
         && !addr.ip().is_loopback()
         && !file.admin_expose
@@ -182,8 +196,13 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
     let log_level = match &file.log_level {
         None => None,
         Some(level) => {
-            tracing_subscriber::EnvFilter::try_new(&level.value)
-                .map_err(|e| ctx.at("log_level", level, format!("not a log filter such as info or asap_proxy=debug: {e}")))?;
+            tracing_subscriber::EnvFilter::try_new(&level.value).map_err(|e| {
+                ctx.at(
+                    "log_level",
+                    level,
+                    format!("not a log filter such as info or asap_proxy=debug: {e}"),
+                )
+            })?;
             Some(level.value.clone())
         }
     };
@@ -251,38 +270,74 @@ fn networks(ctx: &Ctx<'_>, key: &str, raw: &[Spanned<String>]) -> Result<Vec<IpN
             net.value
                 .parse::<IpNet>()
                 .or_else(|_| net.value.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| ctx.at(format!("{key}[{i}]"), net, format!("{:?} is not a CIDR such as 10.0.0.0/8", net.value)))
+                .map_err(|_| {
+                    ctx.at(
+                        format!("{key}[{i}]"),
+                        net,
+                        format!("{:?} is not a CIDR such as 10.0.0.0/8", net.value),
+                    )
+                })
         })
         .collect()
 }
 
 fn clients(ctx: &Ctx<'_>, raw: Option<&Spanned<raw::Clients>>) -> Result<Admission, Error> {
-    let Some(raw) = raw else { return Ok(Admission::loopback_only()) };
+    let Some(raw) = raw else {
+        return Ok(Admission::loopback_only());
+    };
     let allow = match &raw.value.allow {
         Some(allow) => networks(ctx, "clients.allow", allow)?,
         // Credentials alone admit from anywhere; they are the access control.
-        None if !raw.value.users.is_empty() => vec!["0.0.0.0/0".parse().expect("valid"), "::/0".parse().expect("valid")],
-        None => return Err(ctx.at("clients", raw, "set allow (client networks), users (credentials), or both")),
+        None if !raw.value.users.is_empty() => vec![
+            "0.0.0.0/0".parse().expect("valid"),
+            "::/0".parse().expect("valid"),
+        ],
+        None => {
+            return Err(ctx.at(
+                "clients",
+                raw,
+                "set allow (client networks), users (credentials), or both",
+            ));
+        }
     };
     let mut users = Vec::with_capacity(raw.value.users.len());
     for (i, user) in raw.value.users.iter().enumerate() {
         let here = format!("clients.users[{i}]");
         let password = match (&user.password_env, &user.password_file) {
             (Some(var), None) => std::env::var(&var.value).map_err(|_| {
-                ctx.at(format!("{here}.password_env"), var, format!("the environment variable {} is not set", var.value))
+                ctx.at(
+                    format!("{here}.password_env"),
+                    var,
+                    format!("the environment variable {} is not set", var.value),
+                )
             })?,
             (None, Some(file)) => {
                 let path = ctx.path(&file.value);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| ctx.at(format!("{here}.password_file"), file, format!("cannot read {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ctx.at(
+                        format!("{here}.password_file"),
+                        file,
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
                 // Secret files conventionally end with a newline that is not part of the secret.
                 text.trim_end_matches(['\r', '\n']).to_owned()
             }
-            _ => return Err(ctx.at(here, &user.name, "set exactly one of password_env and password_file")),
+            _ => {
+                return Err(ctx.at(
+                    here,
+                    &user.name,
+                    "set exactly one of password_env and password_file",
+                ));
+            }
         };
         let password = zeroize::Zeroizing::new(password);
         if password.is_empty() || user.name.value.is_empty() || user.name.value.contains(':') {
-            return Err(ctx.at(here, &user.name, "the name must be non-empty without ':', and the password non-empty"));
+            return Err(ctx.at(
+                here,
+                &user.name,
+                "the name must be non-empty without ':', and the password non-empty",
+            ));
         }
         users.push(User::new(user.name.value.clone(), &password));
     }
@@ -291,11 +346,17 @@ fn clients(ctx: &Ctx<'_>, raw: Option<&Spanned<raw::Clients>>) -> Result<Admissi
 
 /// Anyone who can reach a listener can act as the configured services, so a listener on a
 /// non-loopback address needs an explicit `clients` section.
-fn refuse_exposed_listeners(ctx: &Ctx<'_>, listen: Option<SocketAddr>, reverse: &[Reverse]) -> Result<(), Error> {
-    let listeners = listen
-        .map(|a| ("listen".to_owned(), a))
-        .into_iter()
-        .chain(reverse.iter().enumerate().map(|(i, r)| (format!("reverse[{i}].listen"), r.listen)));
+fn refuse_exposed_listeners(
+    ctx: &Ctx<'_>,
+    listen: Option<SocketAddr>,
+    reverse: &[Reverse],
+) -> Result<(), Error> {
+    let listeners = listen.map(|a| ("listen".to_owned(), a)).into_iter().chain(
+        reverse
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("reverse[{i}].listen"), r.listen)),
+    );
     for (key, addr) in listeners {
         if !addr.ip().is_loopback() {
             return Err(ctx.error(
@@ -317,9 +378,27 @@ fn limits(ctx: &Ctx<'_>, raw: Option<&raw::Limits>) -> Result<Limits, Error> {
     let mut limits = Limits::default();
     let Some(raw) = raw else { return Ok(limits) };
     let fields = [
-        ("limits.max_connections", &raw.max_connections, &mut limits.max_connections, 1, 1_000_000),
-        ("limits.max_header_bytes", &raw.max_header_bytes, &mut limits.max_header_bytes, 8192, 1 << 24),
-        ("limits.max_headers", &raw.max_headers, &mut limits.max_headers, 1, 10_000),
+        (
+            "limits.max_connections",
+            &raw.max_connections,
+            &mut limits.max_connections,
+            1,
+            1_000_000,
+        ),
+        (
+            "limits.max_header_bytes",
+            &raw.max_header_bytes,
+            &mut limits.max_header_bytes,
+            8192,
+            1 << 24,
+        ),
+        (
+            "limits.max_headers",
+            &raw.max_headers,
+            &mut limits.max_headers,
+            1,
+            10_000,
+        ),
     ];
     for (key, value, slot, min, max) in fields {
         if let Some(value) = value {
@@ -451,9 +530,21 @@ fn timeouts(ctx: &Ctx<'_>, raw: Option<&raw::Timeouts>) -> Result<Timeouts, Erro
     let mut timeouts = Timeouts::default();
     let Some(raw) = raw else { return Ok(timeouts) };
     let fields = [
-        ("timeouts.connect_seconds", &raw.connect_seconds, &mut timeouts.connect),
-        ("timeouts.response_seconds", &raw.response_seconds, &mut timeouts.response),
-        ("timeouts.request_header_seconds", &raw.request_header_seconds, &mut timeouts.request_header),
+        (
+            "timeouts.connect_seconds",
+            &raw.connect_seconds,
+            &mut timeouts.connect,
+        ),
+        (
+            "timeouts.response_seconds",
+            &raw.response_seconds,
+            &mut timeouts.response,
+        ),
+        (
+            "timeouts.request_header_seconds",
+            &raw.request_header_seconds,
+            &mut timeouts.request_header,
+        ),
     ];
     for (key, value, slot) in fields {
         if let Some(value) = value {
@@ -464,13 +555,22 @@ fn timeouts(ctx: &Ctx<'_>, raw: Option<&raw::Timeouts>) -> Result<Timeouts, Erro
 }
 
 /// A number of seconds, above 0 (or 0 itself when `zero_ok`) and at most a day.
-fn seconds(ctx: &Ctx<'_>, key: &str, value: &Spanned<f64>, zero_ok: bool) -> Result<Duration, Error> {
+fn seconds(
+    ctx: &Ctx<'_>,
+    key: &str,
+    value: &Spanned<f64>,
+    zero_ok: bool,
+) -> Result<Duration, Error> {
     Duration::try_from_secs_f64(value.value)
         .ok()
         .filter(|d| (zero_ok || !d.is_zero()) && d.as_secs() <= 24 * 3600)
         .ok_or_else(|| {
             let least = if zero_ok { "0 or more" } else { "above 0" };
-            ctx.at(key, value, format!("must be a number of seconds {least} and at most 86400"))
+            ctx.at(
+                key,
+                value,
+                format!("must be a number of seconds {least} and at most 86400"),
+            )
         })
 }
 

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use super::{Body, Entry, Error, Proxy, body};
+use super::{Body, Conn, Entry, Error, Proxy, access, body};
 use crate::config::{Origin, OriginError, Unmatched};
 
 impl Proxy {
@@ -21,9 +21,12 @@ impl Proxy {
     pub(super) async fn connect(
         self: &Arc<Self>,
         request: Request<Incoming>,
+        conn: &Conn,
+        record: &mut access::Record,
     ) -> Result<Response<Body>, Error> {
         let origin = connect_target(&request)?;
         let authority = origin.authority();
+        record.target("https", authority.clone());
         let config = self.config();
         if !config.connect_ports.contains(&origin.port) {
             return Err(Error::PortNotAllowed(origin.port));
@@ -40,6 +43,7 @@ impl Proxy {
                     reason: e.to_string(),
                 })?;
             let proxy = self.clone();
+            let peer = conn.peer;
             let upgrade = hyper::upgrade::on(request);
             let span = tracing::debug_span!("intercept", host = %origin.host, port = origin.port);
             tokio::spawn(
@@ -54,12 +58,11 @@ impl Proxy {
                             return tracing::debug!(error = %err, "client TLS handshake failed");
                         }
                     };
-                    crate::server::serve_http(
-                        TokioIo::new(stream),
-                        Entry::Intercepted(origin),
-                        proxy,
-                    )
-                    .await;
+                    let conn = Conn {
+                        peer,
+                        entry: Entry::Intercepted(origin),
+                    };
+                    crate::server::serve_http(TokioIo::new(stream), conn, proxy).await;
                 }
                 .instrument(span),
             );

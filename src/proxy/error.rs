@@ -16,6 +16,12 @@ pub const PROXY_NAME: &str = "asap-proxy";
 pub enum Error {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("this client address may not use the proxy")]
+    ClientAddress,
+    #[error("proxy authentication required")]
+    ProxyAuthentication,
+    #[error("loop detected: the request has already passed through this proxy")]
+    Loop,
     #[error("bad request: the request body could not be read")]
     RequestBody,
     #[error("bad request target: {0}")]
@@ -102,9 +108,12 @@ impl Error {
             Error::BadRequest(_) | Error::BadTarget(_) | Error::RequestBody => {
                 StatusCode::BAD_REQUEST
             }
-            Error::Unmatched(_) | Error::PortNotAllowed(_) | Error::NotIntercepted(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Error::Unmatched(_)
+            | Error::PortNotAllowed(_)
+            | Error::NotIntercepted(_)
+            | Error::ClientAddress => StatusCode::FORBIDDEN,
+            Error::ProxyAuthentication => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Error::Loop => StatusCode::LOOP_DETECTED,
             Error::Intercept { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Mint { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Connect { .. }
@@ -121,9 +130,12 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::BadRequest(_) | Error::BadTarget(_) | Error::RequestBody => "http_request_error",
-            Error::Unmatched(_) | Error::PortNotAllowed(_) | Error::NotIntercepted(_) => {
-                "http_request_denied"
-            }
+            Error::Unmatched(_)
+            | Error::PortNotAllowed(_)
+            | Error::NotIntercepted(_)
+            | Error::ClientAddress
+            | Error::ProxyAuthentication => "http_request_denied",
+            Error::Loop => "proxy_loop_detected",
             Error::Intercept { .. } => "proxy_internal_error",
             Error::Mint { .. } => "proxy_internal_error",
             Error::Connect { .. } => "destination_unavailable",
@@ -152,6 +164,15 @@ impl Error {
         );
         if let Ok(value) = HeaderValue::from_str(&proxy_status) {
             headers.insert("proxy-status", value);
+        }
+        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            let challenge = format!(
+                "Basic realm=\"{}\", charset=\"UTF-8\"",
+                crate::clients::REALM
+            );
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.insert(http::header::PROXY_AUTHENTICATE, value);
+            }
         }
         response
     }
@@ -189,6 +210,9 @@ mod tests {
             (Error::Unmatched(authority()), 403, "http_request_denied"),
             (Error::Mint { route: 3 }, 500, "proxy_internal_error"),
             (Error::PortNotAllowed(22), 403, "http_request_denied"),
+            (Error::ClientAddress, 403, "http_request_denied"),
+            (Error::ProxyAuthentication, 407, "http_request_denied"),
+            (Error::Loop, 508, "proxy_loop_detected"),
             (
                 Error::NotIntercepted(authority()),
                 403,

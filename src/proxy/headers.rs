@@ -44,6 +44,18 @@ pub fn append_via(headers: &mut HeaderMap, version: Version, pseudonym: &str) {
     }
 }
 
+/// Whether any `Via` entry was added by the proxy named `pseudonym`: a request that has
+/// been through this proxy before is in a loop.
+pub fn via_names(headers: &HeaderMap, pseudonym: &str) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|entry| entry.split_whitespace().nth(1))
+        .any(|received_by| received_by.eq_ignore_ascii_case(pseudonym))
+}
+
 /// `Bearer <token>`, marked sensitive so that it is never printed or compressed into tables.
 pub fn bearer(token: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
     let mut value = HeaderValue::from_str(&format!("Bearer {token}"))?;
@@ -120,6 +132,18 @@ mod tests {
         append_via(&mut headers, Version::HTTP_11, "asap-proxy");
         let vias: Vec<_> = headers.get_all(header::VIA).iter().collect();
         assert_eq!(vias, ["1.0 fred", "1.1 asap-proxy"]);
+    }
+
+    #[test]
+    fn via_loop_detection() {
+        let headers = map(&[
+            ("via", "1.0 fred, 1.1 asap-proxy-0a0b0c0d (comment)"),
+            ("via", "2 other"),
+        ]);
+        assert!(via_names(&headers, "asap-proxy-0a0b0c0d"));
+        assert!(!via_names(&headers, "asap-proxy-ffffffff"));
+        assert!(!via_names(&headers, "fred "));
+        assert!(!via_names(&map(&[]), "asap-proxy-0a0b0c0d"));
     }
 
     #[test]

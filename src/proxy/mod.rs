@@ -1,28 +1,32 @@
 //! The request pipeline shared by every listener.
 //!
-//! A request goes through the same steps, in this order: find its target (from the
-//! absolute-form URI on the forward listener, from the configured upstream on a reverse
-//! listener), match the route, mint the route's token, forward it upstream with the header
-//! rules applied, and hand the response back.
+//! Every request goes through the same steps, in this order: admit the client, find the
+//! target (from the absolute-form URI on the forward listener, the configured upstream on a
+//! reverse listener, the tunnel's origin when intercepted), match the route, mint the
+//! route's token, forward with the header rules applied, respond and log.
 
+pub mod access;
 mod body;
 mod connect;
 mod error;
 pub mod headers;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
-use http::header::HeaderValue;
+use http::header::{HeaderValue, PROXY_AUTHORIZATION};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-pub use self::body::Body;
+pub use self::body::{Body, RequestBody};
 pub use self::error::{Error, PROXY_NAME};
+use crate::clients::Refusal;
 use crate::config::{Config, Origin, Route, Unmatched};
 use crate::routes;
+use crate::token::Provenance;
 use crate::upstream;
 
 /// Which listener a request arrived on.
@@ -32,15 +36,26 @@ pub enum Entry {
     Forward,
     /// A local listener in front of one upstream.
     Reverse(Origin),
-    /// Inside an intercepted CONNECT tunnel to this origin.
+    /// Inside an intercepted CONNECT tunnel to this origin; the client was admitted when
+    /// it opened the tunnel.
     Intercepted(Origin),
 }
 
-/// Everything a request needs: routes, policy and the upstream client.
+/// The connection a request came on.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub entry: Entry,
+}
+
+/// Everything a request needs: configuration, the upstream client, and this process's
+/// name in `Via`.
 #[derive(Debug)]
 pub struct Proxy {
     config: Arc<Config>,
     client: upstream::Client,
+    /// Unique per process, so a request that comes back through this proxy is recognised.
+    pseudonym: String,
 }
 
 /// Where a request is going, before route-specific rewriting.
@@ -53,52 +68,90 @@ struct Target {
 impl Proxy {
     pub fn new(config: Arc<Config>) -> Result<Proxy, crate::tls::Error> {
         let client = upstream::Client::new(&config.tls, &config.timeouts)?;
-        Ok(Proxy { config, client })
+        let mut id = [0u8; 4];
+        // A fixed suffix only weakens loop detection between two proxies; it is not a secret.
+        let _ = getrandom::fill(&mut id);
+        let pseudonym = format!(
+            "{PROXY_NAME}-{}",
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        Ok(Proxy {
+            config,
+            client,
+            pseudonym,
+        })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Serves one request; failures become responses with a `Proxy-Status` header.
+    /// Serves one request; failures become responses with a `Proxy-Status` header. The
+    /// access-log line is written when the response body is done.
     pub async fn handle(
         self: &Arc<Self>,
         request: Request<Incoming>,
-        entry: &Entry,
+        conn: &Conn,
     ) -> Response<Body> {
-        let started = Instant::now();
+        let mut record = access::Record::start(conn.peer, &request);
         let method = request.method().clone();
-        let result = if method == Method::CONNECT {
-            match entry {
-                Entry::Forward => self.connect(request).await,
+        let span = tracing::debug_span!("request", %method, client = %conn.peer);
+        let response = match self
+            .serve(request, conn, &mut record)
+            .instrument(span)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::debug!(%method, error = %err, "request refused");
+                record.error = Some(err.kind());
+                err.into_response()
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let body = record.finish(parts.status.as_u16(), body).boxed();
+        Response::from_parts(parts, body)
+    }
+
+    async fn serve(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        conn: &Conn,
+        record: &mut access::Record,
+    ) -> Result<Response<Body>, Error> {
+        self.admit(&request, conn)?;
+        if headers::via_names(request.headers(), &self.pseudonym) {
+            return Err(Error::Loop);
+        }
+        if request.method() == Method::CONNECT {
+            return match conn.entry {
+                Entry::Forward => self.connect(request, conn, record).await,
                 _ => Err(Error::BadRequest(
                     "CONNECT is only accepted on the forward listener",
                 )),
+            };
+        }
+        let target = target(&request, &conn.entry)?;
+        record.target(target.origin.scheme(), target.origin.authority());
+        self.forward(request, target, record).await
+    }
+
+    /// Admits the client by address and, when users are configured, by credentials.
+    fn admit(&self, request: &Request<Incoming>, conn: &Conn) -> Result<(), Error> {
+        if matches!(conn.entry, Entry::Intercepted(_)) {
+            return Ok(());
+        }
+        match self
+            .config
+            .clients
+            .admit(conn.peer.ip(), request.headers().get(PROXY_AUTHORIZATION))
+        {
+            Ok(user) => {
+                tracing::trace!(user = user.unwrap_or("-"), "client admitted");
+                Ok(())
             }
-        } else {
-            match target(&request, entry) {
-                Ok(target) => {
-                    let span = tracing::debug_span!(
-                        "request",
-                        %method,
-                        host = %target.origin.host,
-                        port = target.origin.port,
-                    );
-                    self.forward(request, target).instrument(span).await
-                }
-                Err(err) => Err(err),
-            }
-        };
-        let elapsed = started.elapsed();
-        match result {
-            Ok(response) => {
-                tracing::debug!(%method, status = response.status().as_u16(), ?elapsed, "forwarded");
-                response
-            }
-            Err(err) => {
-                tracing::debug!(%method, error = %err, ?elapsed, "request refused");
-                err.into_response()
-            }
+            Err(Refusal::Address) => Err(Error::ClientAddress),
+            Err(Refusal::Credentials) => Err(Error::ProxyAuthentication),
         }
     }
 
@@ -107,6 +160,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         target: Target,
+        record: &mut access::Record,
     ) -> Result<Response<Body>, Error> {
         let path = target.path_and_query.path();
         if routes::has_dot_segments(path) {
@@ -114,21 +168,20 @@ impl Proxy {
                 "the path has . or .. segments, which could step outside a route's path_prefix",
             ));
         }
-        let (origin, authorization) =
-            match self
-                .config
-                .routes
-                .find(&target.origin.host, target.origin.port, path)
-            {
-                Some(route) => (
-                    upstream_origin(&target.origin, route),
-                    Some(authorization(route).await?),
-                ),
-                None if self.config.unmatched == Unmatched::Forward => {
-                    (target.origin.clone(), None)
-                }
-                None => return Err(Error::Unmatched(target.origin.authority())),
-            };
+        let route = self
+            .config
+            .routes
+            .find(&target.origin.host, target.origin.port, path);
+        let (origin, authorization) = match route {
+            Some(route) => {
+                record.route = Some(route.index);
+                let (authorization, provenance) = authorization(route).await?;
+                record.token = provenance.as_str();
+                (upstream_origin(&target.origin, route), Some(authorization))
+            }
+            None if self.config.unmatched == Unmatched::Forward => (target.origin.clone(), None),
+            None => return Err(Error::Unmatched(target.origin.authority())),
+        };
 
         let authority = origin.authority();
         let (mut parts, body) = request.into_parts();
@@ -153,12 +206,10 @@ impl Proxy {
                 .headers
                 .insert(http::header::AUTHORIZATION, authorization);
         }
-        headers::append_via(&mut parts.headers, client_version, PROXY_NAME);
+        headers::append_via(&mut parts.headers, client_version, &self.pseudonym);
 
-        let response = self
-            .client
-            .send(Request::from_parts(parts, body), &authority)
-            .await?;
+        let request = Request::from_parts(parts, record.count_request(body));
+        let response = self.client.send(request, &authority).await?;
 
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             // Upgrade headers never travel upstream, so no client asked for this.
@@ -170,7 +221,7 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         let upstream_version = parts.version;
         headers::remove_hop_by_hop(&mut parts.headers);
-        headers::append_via(&mut parts.headers, upstream_version, PROXY_NAME);
+        headers::append_via(&mut parts.headers, upstream_version, &self.pseudonym);
         Ok(Response::from_parts(parts, body::stream(body)))
     }
 }
@@ -215,17 +266,14 @@ fn default_port(tls: bool) -> u16 {
     if tls { 443 } else { 80 }
 }
 
-/// The route's token as an `Authorization` value, marked sensitive so it is never printed.
-async fn authorization(route: &Route) -> Result<HeaderValue, Error> {
+/// The route's token as an `Authorization` value, marked sensitive so it is never printed,
+/// and whether it was minted or reused.
+async fn authorization(route: &Route) -> Result<(HeaderValue, Provenance), Error> {
     let refused = |err: &dyn std::fmt::Display| {
         tracing::error!(route = route.index, error = %err, "cannot mint a token");
         Error::Mint { route: route.index }
     };
     let (token, provenance) = route.minter.token().await.map_err(|e| refused(&e))?;
-    tracing::trace!(
-        route = route.index,
-        token = provenance.as_str(),
-        "token ready"
-    );
-    headers::bearer(token.as_str()).map_err(|e| refused(&e))
+    let value = headers::bearer(token.as_str()).map_err(|e| refused(&e))?;
+    Ok((value, provenance))
 }

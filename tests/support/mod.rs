@@ -40,7 +40,15 @@ impl ProxyUnderTest {
     /// Writes `yaml` to a temporary `proxy.yaml` and runs the proxy on it. The text may use
     /// `{keys}` for the fixture key directory and `{dir}` for the temporary directory.
     pub async fn start(yaml: &str) -> ProxyUnderTest {
+        Self::start_with_files(yaml, &[]).await
+    }
+
+    /// As `start`, first writing `(name, contents)` files into the temporary directory.
+    pub async fn start_with_files(yaml: &str, files: &[(&str, &str)]) -> ProxyUnderTest {
         let dir = tempfile::tempdir().expect("temporary directory");
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).expect("write test file");
+        }
         let yaml = yaml
             .replace("{keys}", &key("").display().to_string())
             .replace("{dir}", &dir.path().display().to_string());
