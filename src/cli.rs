@@ -9,14 +9,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminState};
 use crate::config::{self, Config, Origin};
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::reload;
 use crate::server::{self, Listeners};
 use crate::telemetry::{self, LogFormat};
 use crate::tls::intercept;
@@ -24,9 +27,6 @@ use crate::token::{self, Algorithm, KeyId, SigningKey};
 
 /// Exit code for an invalid configuration or key.
 pub const EXIT_CONFIG: u8 = 78;
-
-/// How long requests in flight may take to finish after a shutdown signal.
-const DRAIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -122,11 +122,10 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 /// Parses the command line, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log_format = match &cli.command {
-        Command::Run { log_format, .. } => *log_format,
-        _ => LogFormat::Text,
-    };
-    telemetry::init(log_format);
+    // `run` sets up logging once its configuration, which may set the level, is loaded.
+    if !matches!(cli.command, Command::Run { .. }) {
+        telemetry::init(LogFormat::Text, None);
+    }
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is::<config::Error>() => {
@@ -142,7 +141,7 @@ pub fn main() -> ExitCode {
 
 fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config, .. } => run(&config.config),
+        Command::Run { config, log_format } => run(&config.config, log_format),
         Command::Check { config } => check(&config.config),
         Command::Token { config, url } => print_token(&config.config, &url),
         Command::Keygen {
@@ -161,19 +160,61 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(config::load(path)?)
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
-    let config = Arc::new(load(path)?);
+fn run(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
+    let config = load(path)?;
+    telemetry::init(log_format, config.log_level.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let proxy = Arc::new(Proxy::new(config.clone()).context("cannot set up upstream TLS")?);
         let listeners = Listeners::bind(&config).await?;
-        tracing::info!(routes = config.routes.len(), config = %path.display(), "asap-proxy started");
+        let admin_listener = match config.admin {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (admin)"))?,
+            ),
+            None => None,
+        };
+        let mut own = listeners.addrs();
+        own.extend(admin_listener.as_ref().and_then(|l| l.local_addr().ok()));
+        let grace = config.shutdown_grace;
+        let routes = config.routes.len();
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Arc::new(
+            Proxy::new(config, metrics.clone(), own).context("cannot set up upstream TLS")?,
+        );
         let shutdown = CancellationToken::new();
+        let admin = Arc::new(AdminState::new(metrics));
+        if let Some(listener) = admin_listener {
+            tokio::spawn(admin::serve(
+                listener,
+                admin.clone(),
+                shutdown.clone().cancelled_owned(),
+            ));
+        }
+        tokio::spawn(reload::watch(
+            path.to_owned(),
+            proxy.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(signal_shutdown(shutdown.clone()));
-        server::run(proxy, listeners, shutdown, DRAIN).await;
+        tracing::info!(routes, config = %path.display(), "asap-proxy started");
+        admin.set_ready(true);
+        let stopping = {
+            let admin = admin.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                // Load balancers stop sending new clients while the rest drains.
+                admin.set_ready(false);
+            }
+        };
+        tokio::join!(
+            server::run(proxy, listeners, shutdown.clone(), grace),
+            stopping
+        );
         tracing::info!("asap-proxy stopped");
         Ok(())
     })

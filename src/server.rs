@@ -51,6 +51,13 @@ impl Listeners {
         self.forward.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Every bound address.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = self.forward_addr().into_iter().collect();
+        addrs.extend(self.reverse_addrs());
+        addrs
+    }
+
     pub fn reverse_addrs(&self) -> Vec<SocketAddr> {
         self.reverse
             .iter()
@@ -59,8 +66,8 @@ impl Listeners {
     }
 }
 
-/// Serves all listeners until `shutdown` is cancelled, then lets requests in flight finish
-/// for up to `drain`.
+/// Serves all listeners until `shutdown` is cancelled, then lets requests, tunnels and
+/// intercepted connections in flight finish for up to `drain`.
 pub async fn run(
     proxy: Arc<Proxy>,
     listeners: Listeners,
@@ -90,7 +97,24 @@ pub async fn run(
             .await
         });
     }
+    shutdown.cancelled().await;
+    let deadline = tokio::time::Instant::now() + drain;
     while tasks.join_next().await.is_some() {}
+    // Tunnels and intercepted connections get what is left of the same deadline.
+    let tunnels = proxy.tunnels();
+    tunnels.close();
+    if !tunnels.is_empty() {
+        tracing::info!(open = tunnels.len(), "waiting for tunnels to close");
+    }
+    if tokio::time::timeout_at(deadline, tunnels.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tunnels.len(),
+            "drain deadline passed, closing remaining tunnels"
+        );
+    }
 }
 
 /// Accepts connections on one listener and serves each in its own task.

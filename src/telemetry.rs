@@ -1,4 +1,5 @@
-//! Logging setup: `tracing` to standard error, as text or JSON, filtered by `RUST_LOG`.
+//! Logging setup: `tracing` to standard error, as text or JSON, filtered by `RUST_LOG` or
+//! the configuration's `log_level`.
 
 use std::io::IsTerminal;
 
@@ -10,9 +11,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber. The filter is `RUST_LOG` when set, else the
+/// configuration's `log_level`, else `info`.
+pub fn init(format: LogFormat, configured: Option<&str>) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(configured.unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

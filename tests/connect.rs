@@ -207,7 +207,9 @@ async fn open_tunnel(proxy: SocketAddr, target: &str, early: &[u8]) -> (TcpStrea
 
 fn tunnel_config(port: u16) -> String {
     format!(
-        "listen: 127.0.0.1:0\nunmatched: forward\nconnect_ports: [{port}]\n{EC_ASAP}routes:\n  \
+        "listen: 127.0.0.1:0\nunmatched: forward\nconnect_ports: [{port}]\n\
+         # The test servers are on loopback, which unrouted traffic may not reach by default.\n\
+         destinations:\n  allow: [127.0.0.0/8, \"::1/128\"]\n{EC_ASAP}routes:\n  \
          - host: routed.test\n    audience: a\n"
     )
 }

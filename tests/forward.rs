@@ -160,7 +160,9 @@ async fn unmatched_host_is_denied_by_default() {
 #[tokio::test]
 async fn unmatched_host_is_forwarded_without_a_token_when_configured() {
     let upstream = MockUpstream::recording(upstream::ok).await;
-    let proxy = ProxyUnderTest::start(&config(1, "unmatched: forward\n")).await;
+    // The upstream is on loopback, which unrouted requests may not reach unless allowed.
+    let extra = "unmatched: forward\ndestinations:\n  allow: [127.0.0.1/32]\n";
+    let proxy = ProxyUnderTest::start(&config(1, extra)).await;
 
     let response = wire::send(
         proxy.forward(),

@@ -178,3 +178,57 @@ async fn connections_over_the_limit_are_refused_cleanly() {
         "served again after the held connections closed"
     );
 }
+
+#[tokio::test]
+async fn unrouted_traffic_cannot_reach_internal_addresses() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let port = upstream.addr.port();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nunmatched: forward\nconnect_ports: [{port}]\nasap:\n  issuer: gw\n  kid: gw/ec\n  \
+         algorithm: ES256\n  private_key_file: {{keys}}/ec-p256.pkcs8.pem\nroutes:\n  - host: routed.test\n    \
+         audience: a\n"
+    );
+    let proxy = ProxyUnderTest::start(&yaml).await;
+
+    // A name that resolves to loopback, the IPv4-mapped form of loopback, and loopback itself.
+    for host in [
+        format!("localhost:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+        format!("127.0.0.1:{port}"),
+    ] {
+        let plain =
+            format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let response = wire::send(proxy.forward(), &plain).await;
+        assert_eq!(response.status, 403, "{host}: {}", response.text());
+        let status = response.header("proxy-status").expect("Proxy-Status");
+        assert!(
+            status.contains("error=destination_ip_prohibited"),
+            "{status}"
+        );
+
+        let tunnel = format!("CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let response = wire::send(proxy.forward(), &tunnel).await;
+        assert_eq!(response.status, 403, "CONNECT {host}: {}", response.text());
+        assert!(response.text().contains("loopback"), "{}", response.text());
+    }
+    assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn requests_to_the_proxys_own_listener_are_refused() {
+    let yaml = "listen: 127.0.0.1:0\nunmatched: forward\ndestinations:\n  allow: [127.0.0.0/8]\nasap:\n  \
+                issuer: gw\n  kid: gw/ec\n  algorithm: ES256\n  private_key_file: {keys}/ec-p256.pkcs8.pem\n\
+                routes:\n  - host: routed.test\n    audience: a\n";
+    let proxy = ProxyUnderTest::start(yaml).await;
+    let own = proxy.forward();
+
+    let request = format!("GET http://{own}/ HTTP/1.1\r\nHost: {own}\r\nConnection: close\r\n\r\n");
+    let response = wire::send(own, &request).await;
+
+    assert_eq!(response.status, 403, "{}", response.text());
+    assert!(
+        response.text().contains("own listener"),
+        "{}",
+        response.text()
+    );
+}

@@ -46,6 +46,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// A `tracing` filter such as `info` or `asap_proxy=debug`; `RUST_LOG` overrides it.
     pub log_level: Option<String>,
+    /// Every file and directory the configuration read, to watch for changes.
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default)]

@@ -1,5 +1,6 @@
 //! Turns the raw YAML mirror into a checked `Config`: values, keys, routes.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,8 @@ pub(super) fn read_yaml(text: &str, path: &Path) -> Result<raw::File, Error> {
 struct Ctx<'a> {
     file: &'a Path,
     base_dir: PathBuf,
+    /// Files read while resolving, for reloads to watch.
+    read: RefCell<Vec<PathBuf>>,
 }
 
 impl Ctx<'_> {
@@ -88,9 +91,12 @@ impl Ctx<'_> {
         self.error(key, Some(&value.referenced), message)
     }
 
-    /// Relative paths in the file are relative to the file's own directory.
+    /// Relative paths in the file are relative to the file's own directory. The path is
+    /// remembered as one the configuration depends on.
     fn path(&self, value: &str) -> PathBuf {
-        self.base_dir.join(value)
+        let path = self.base_dir.join(value);
+        self.read.borrow_mut().push(path.clone());
+        path
     }
 }
 
@@ -98,6 +104,7 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
     let ctx = Ctx {
         file: path,
         base_dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+        read: RefCell::default(),
     };
 
     let listen = file
@@ -259,6 +266,7 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
         limits,
         shutdown_grace,
         log_level,
+        files: ctx.read.into_inner(),
     })
 }
 

@@ -12,6 +12,8 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
+use crate::metrics::Metrics;
+
 /// The `tracing` target of access-log lines.
 pub const TARGET: &str = "asap_proxy::access";
 
@@ -29,10 +31,11 @@ pub struct Record {
     status: u16,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 impl Record {
-    pub fn start<B>(client: SocketAddr, request: &Request<B>) -> Record {
+    pub fn start<B>(client: SocketAddr, request: &Request<B>, metrics: Arc<Metrics>) -> Record {
         Record {
             client,
             method: request.method().clone(),
@@ -45,6 +48,7 @@ impl Record {
             status: 0,
             started: Instant::now(),
             bytes_in: Arc::default(),
+            metrics,
         }
     }
 
@@ -74,6 +78,9 @@ impl Record {
     }
 
     fn write(&self, bytes_out: u64) {
+        if let Ok(status) = http::StatusCode::from_u16(self.status) {
+            self.metrics.request(self.route, &self.method, status);
+        }
         tracing::info!(
             target: TARGET,
             client = %self.client,

@@ -3,7 +3,9 @@
 //! with a leaf from its CA and serves the requests inside through the same pipeline as
 //! plain forward requests, re-originating TLS to the real upstream.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -12,14 +14,16 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use super::{Body, Conn, Entry, Error, Proxy, access, body};
+use super::{Body, Conn, Entry, Error, Proxy, State, access, body};
 use crate::config::{Origin, OriginError, Unmatched};
+use crate::destination::{ResolveError, Scope, resolve_checked};
 
 impl Proxy {
     /// Answers a CONNECT request and, on success, takes over the connection once the 200
     /// response has gone out.
     pub(super) async fn connect(
         self: &Arc<Self>,
+        state: &State,
         request: Request<Incoming>,
         conn: &Conn,
         record: &mut access::Record,
@@ -27,7 +31,7 @@ impl Proxy {
         let origin = connect_target(&request)?;
         let authority = origin.authority();
         record.target("https", authority.clone());
-        let config = self.config();
+        let config = &state.config;
         if !config.connect_ports.contains(&origin.port) {
             return Err(Error::PortNotAllowed(origin.port));
         }
@@ -46,8 +50,10 @@ impl Proxy {
             let peer = conn.peer;
             let upgrade = hyper::upgrade::on(request);
             let span = tracing::debug_span!("intercept", host = %origin.host, port = origin.port);
-            tokio::spawn(
+            let open = self.metrics.tunnel_opened("intercept");
+            self.tunnels.spawn(
                 async move {
+                    let _open = open;
                     let client = match upgrade.await {
                         Ok(client) => client,
                         Err(err) => return tracing::debug!(error = %err, "CONNECT upgrade failed"),
@@ -73,23 +79,24 @@ impl Proxy {
             return Err(Error::Unmatched(authority));
         }
         // Connect before answering, so that a client learns of failure from the status.
-        let connect = TcpStream::connect((origin.host.as_str(), origin.port));
-        let mut upstream = match tokio::time::timeout(config.timeouts.connect, connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => {
-                return Err(Error::Connect {
-                    authority,
-                    reason: err.to_string(),
-                });
-            }
-            Err(_) => return Err(Error::ConnectTimeout { authority }),
-        };
+        let policy = state.client.policy();
+        let addrs = resolve_checked(origin.host.as_str(), origin.port, policy, Scope::Unrouted)
+            .await
+            .map_err(|err| match err {
+                ResolveError::Denied(denied) => Error::Destination(denied),
+                other => Error::Connect {
+                    authority: authority.clone(),
+                    reason: other.to_string(),
+                },
+            })?;
+        let mut upstream = connect_any(&addrs, config.timeouts.connect, &authority).await?;
         let _ = upstream.set_nodelay(true);
         let upgrade = hyper::upgrade::on(request);
         let span = tracing::debug_span!("tunnel", host = %origin.host, port = origin.port);
-        tokio::spawn(
+        let open = self.metrics.tunnel_opened("tunnel");
+        self.tunnels.spawn(
             async move {
-                // TODO(#4): count open tunnels and let them finish within the drain deadline.
+                let _open = open;
                 let mut client = match upgrade.await {
                     Ok(client) => TokioIo::new(client),
                     Err(err) => return tracing::debug!(error = %err, "CONNECT upgrade failed"),
@@ -102,6 +109,34 @@ impl Proxy {
             .instrument(span),
         );
         Ok(Response::new(body::full("")))
+    }
+}
+
+/// Connects to the first of the checked addresses that answers, within `timeout` in all.
+async fn connect_any(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+    authority: &str,
+) -> Result<TcpStream, Error> {
+    let attempts = async {
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.map_or_else(|| "no address".to_owned(), |e| e.to_string()))
+    };
+    match tokio::time::timeout(timeout, attempts).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(reason)) => Err(Error::Connect {
+            authority: authority.to_owned(),
+            reason,
+        }),
+        Err(_) => Err(Error::ConnectTimeout {
+            authority: authority.to_owned(),
+        }),
     }
 }
 

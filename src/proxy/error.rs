@@ -38,6 +38,8 @@ pub enum Error {
     NotIntercepted(String),
     #[error("cannot intercept TLS for {host}: {reason}")]
     Intercept { host: String, reason: String },
+    #[error("{0}")]
+    Destination(#[from] crate::destination::Denied),
     #[error("the token for route {route} could not be minted")]
     Mint { route: usize },
     #[error("upstream {authority} could not be reached: {reason}")]
@@ -60,6 +62,9 @@ impl Error {
         let authority = authority.to_owned();
         let mut reason = None;
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        if let Some(denied) = crate::destination::find_denied(err) {
+            return Error::Destination(*denied);
+        }
         while let Some(e) = cause {
             if let Some(tls) = e.downcast_ref::<rustls::Error>() {
                 let reason = tls.to_string();
@@ -103,6 +108,20 @@ impl Error {
         }
     }
 
+    /// The reason counted in the denials metric, for refusals made on purpose.
+    pub fn denial(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::Unmatched(_) => "unmatched",
+            Error::ClientAddress => "client_address",
+            Error::ProxyAuthentication => "client_credentials",
+            Error::Destination(_) => "destination",
+            Error::PortNotAllowed(_) => "connect_port",
+            Error::NotIntercepted(_) => "not_intercepted",
+            Error::Loop => "loop",
+            _ => return None,
+        })
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) | Error::BadTarget(_) | Error::RequestBody => {
@@ -111,7 +130,8 @@ impl Error {
             Error::Unmatched(_)
             | Error::PortNotAllowed(_)
             | Error::NotIntercepted(_)
-            | Error::ClientAddress => StatusCode::FORBIDDEN,
+            | Error::ClientAddress
+            | Error::Destination(_) => StatusCode::FORBIDDEN,
             Error::ProxyAuthentication => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Error::Loop => StatusCode::LOOP_DETECTED,
             Error::Intercept { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -136,6 +156,7 @@ impl Error {
             | Error::ClientAddress
             | Error::ProxyAuthentication => "http_request_denied",
             Error::Loop => "proxy_loop_detected",
+            Error::Destination(_) => "destination_ip_prohibited",
             Error::Intercept { .. } => "proxy_internal_error",
             Error::Mint { .. } => "proxy_internal_error",
             Error::Connect { .. } => "destination_unavailable",

@@ -13,18 +13,23 @@ pub mod headers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use http::header::{HeaderValue, PROXY_AUTHORIZATION};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use self::body::{Body, RequestBody};
 pub use self::error::{Error, PROXY_NAME};
 use crate::clients::Refusal;
 use crate::config::{Config, Origin, Route, Unmatched};
+use crate::destination::{Policy, Scope};
+use crate::metrics::Metrics;
 use crate::routes;
 use crate::token::Provenance;
 use crate::upstream;
@@ -48,14 +53,26 @@ pub struct Conn {
     pub entry: Entry,
 }
 
-/// Everything a request needs: configuration, the upstream client, and this process's
-/// name in `Via`.
+/// The pipeline: the current configuration with its upstream client, swapped whole on
+/// reload, plus what lives as long as the process.
 #[derive(Debug)]
 pub struct Proxy {
-    config: Arc<Config>,
-    client: upstream::Client,
+    state: ArcSwap<State>,
+    metrics: Arc<Metrics>,
+    /// The proxy's own listeners, never a destination.
+    own_listeners: Vec<SocketAddr>,
     /// Unique per process, so a request that comes back through this proxy is recognised.
     pseudonym: String,
+    /// Tunnels and intercepted connections, which outlive the request that opened them.
+    tunnels: TaskTracker,
+}
+
+/// One configuration and the client built for it. A request keeps the state it started
+/// with, so a reload never changes the rules under a request in flight.
+#[derive(Debug)]
+pub struct State {
+    pub config: Arc<Config>,
+    client: upstream::Client,
 }
 
 /// Where a request is going, before route-specific rewriting.
@@ -66,8 +83,12 @@ struct Target {
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>) -> Result<Proxy, crate::tls::Error> {
-        let client = upstream::Client::new(&config.tls, &config.timeouts)?;
+    /// The pipeline for `config`; `own_listeners` are the addresses the proxy serves on.
+    pub fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        own_listeners: Vec<SocketAddr>,
+    ) -> Result<Proxy, crate::tls::Error> {
         let mut id = [0u8; 4];
         // A fixed suffix only weakens loop detection between two proxies; it is not a secret.
         let _ = getrandom::fill(&mut id);
@@ -75,15 +96,37 @@ impl Proxy {
             "{PROXY_NAME}-{}",
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
+        let state = State::new(config, &own_listeners)?;
+        record_keys(&metrics, &state.config);
         Ok(Proxy {
-            config,
-            client,
+            state: ArcSwap::from_pointee(state),
+            metrics,
+            own_listeners,
             pseudonym,
+            tunnels: TaskTracker::new(),
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration new requests use.
+    pub fn config(&self) -> Arc<Config> {
+        self.state.load().config.clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Puts a new configuration in place for the requests that start from now on.
+    pub fn reload(&self, config: Config) -> Result<(), crate::tls::Error> {
+        let state = State::new(config, &self.own_listeners)?;
+        record_keys(&self.metrics, &state.config);
+        self.state.store(Arc::new(state));
+        Ok(())
+    }
+
+    /// Tunnels and intercepted connections still open.
+    pub fn tunnels(&self) -> &TaskTracker {
+        &self.tunnels
     }
 
     /// Serves one request; failures become responses with a `Proxy-Status` header. The
@@ -93,11 +136,12 @@ impl Proxy {
         request: Request<Incoming>,
         conn: &Conn,
     ) -> Response<Body> {
-        let mut record = access::Record::start(conn.peer, &request);
+        let state = self.state.load_full();
+        let mut record = access::Record::start(conn.peer, &request, self.metrics.clone());
         let method = request.method().clone();
         let span = tracing::debug_span!("request", %method, client = %conn.peer);
         let response = match self
-            .serve(request, conn, &mut record)
+            .serve(&state, request, conn, &mut record)
             .instrument(span)
             .await
         {
@@ -105,6 +149,9 @@ impl Proxy {
             Err(err) => {
                 tracing::debug!(%method, error = %err, "request refused");
                 record.error = Some(err.kind());
+                if let Some(reason) = err.denial() {
+                    self.metrics.denial(reason);
+                }
                 err.into_response()
             }
         };
@@ -115,17 +162,18 @@ impl Proxy {
 
     async fn serve(
         self: &Arc<Self>,
+        state: &State,
         request: Request<Incoming>,
         conn: &Conn,
         record: &mut access::Record,
     ) -> Result<Response<Body>, Error> {
-        self.admit(&request, conn)?;
+        admit(&state.config, &request, conn)?;
         if headers::via_names(request.headers(), &self.pseudonym) {
             return Err(Error::Loop);
         }
         if request.method() == Method::CONNECT {
             return match conn.entry {
-                Entry::Forward => self.connect(request, conn, record).await,
+                Entry::Forward => self.connect(state, request, conn, record).await,
                 _ => Err(Error::BadRequest(
                     "CONNECT is only accepted on the forward listener",
                 )),
@@ -133,31 +181,13 @@ impl Proxy {
         }
         let target = target(&request, &conn.entry)?;
         record.target(target.origin.scheme(), target.origin.authority());
-        self.forward(request, target, record).await
-    }
-
-    /// Admits the client by address and, when users are configured, by credentials.
-    fn admit(&self, request: &Request<Incoming>, conn: &Conn) -> Result<(), Error> {
-        if matches!(conn.entry, Entry::Intercepted(_)) {
-            return Ok(());
-        }
-        match self
-            .config
-            .clients
-            .admit(conn.peer.ip(), request.headers().get(PROXY_AUTHORIZATION))
-        {
-            Ok(user) => {
-                tracing::trace!(user = user.unwrap_or("-"), "client admitted");
-                Ok(())
-            }
-            Err(Refusal::Address) => Err(Error::ClientAddress),
-            Err(Refusal::Credentials) => Err(Error::ProxyAuthentication),
-        }
+        self.forward(state, request, target, record).await
     }
 
     /// Matches the route, mints its token and exchanges the request with the upstream.
     async fn forward(
         &self,
+        state: &State,
         request: Request<Incoming>,
         target: Target,
         record: &mut access::Record,
@@ -168,18 +198,18 @@ impl Proxy {
                 "the path has . or .. segments, which could step outside a route's path_prefix",
             ));
         }
-        let route = self
+        let route = state
             .config
             .routes
             .find(&target.origin.host, target.origin.port, path);
         let (origin, authorization) = match route {
             Some(route) => {
                 record.route = Some(route.index);
-                let (authorization, provenance) = authorization(route).await?;
+                let (authorization, provenance) = authorization(route, &self.metrics).await?;
                 record.token = provenance.as_str();
                 (upstream_origin(&target.origin, route), Some(authorization))
             }
-            None if self.config.unmatched == Unmatched::Forward => (target.origin.clone(), None),
+            None if state.config.unmatched == Unmatched::Forward => (target.origin.clone(), None),
             None => return Err(Error::Unmatched(target.origin.authority())),
         };
 
@@ -209,7 +239,16 @@ impl Proxy {
         headers::append_via(&mut parts.headers, client_version, &self.pseudonym);
 
         let request = Request::from_parts(parts, record.count_request(body));
-        let response = self.client.send(request, &authority).await?;
+        let scope = match (route, origin.host.ip()) {
+            // Only an exact route can match an IP literal: the route names it outright.
+            (Some(_), Some(_)) => Scope::RoutedLiteral,
+            (Some(_), None) => Scope::Routed,
+            (None, _) => Scope::Unrouted,
+        };
+        let sent = Instant::now();
+        let response = state.client.send(request, &origin, scope).await;
+        self.metrics.upstream_latency(record.route, sent.elapsed());
+        let response = response.inspect_err(|err| self.metrics.upstream_error(err.kind()))?;
 
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             // Upgrade headers never travel upstream, so no client asked for this.
@@ -223,6 +262,53 @@ impl Proxy {
         headers::remove_hop_by_hop(&mut parts.headers);
         headers::append_via(&mut parts.headers, upstream_version, &self.pseudonym);
         Ok(Response::from_parts(parts, body::stream(body)))
+    }
+}
+
+/// Admits the client by address and, when users are configured, by credentials.
+fn admit(config: &Config, request: &Request<Incoming>, conn: &Conn) -> Result<(), Error> {
+    if matches!(conn.entry, Entry::Intercepted(_)) {
+        return Ok(());
+    }
+    match config
+        .clients
+        .admit(conn.peer.ip(), request.headers().get(PROXY_AUTHORIZATION))
+    {
+        Ok(user) => {
+            tracing::trace!(user = user.unwrap_or("-"), "client admitted");
+            Ok(())
+        }
+        Err(Refusal::Address) => Err(Error::ClientAddress),
+        Err(Refusal::Credentials) => Err(Error::ProxyAuthentication),
+    }
+}
+
+/// Notes when each configured key was loaded, for the key-age metric.
+fn record_keys(metrics: &Metrics, config: &Config) {
+    let now = std::time::Instant::now();
+    let kids: Vec<String> = config
+        .routes
+        .iter()
+        .map(|(_, route)| route.minter.spec().kid().to_string())
+        .collect();
+    for kid in &kids {
+        metrics.set_key_loaded(kid, now);
+    }
+    metrics.forget_keys_except(&kids);
+}
+
+impl State {
+    fn new(config: Config, own_listeners: &[SocketAddr]) -> Result<State, crate::tls::Error> {
+        let policy = Policy::new(
+            config.destinations.allow.clone(),
+            config.destinations.deny.clone(),
+            own_listeners.to_vec(),
+        );
+        let client = upstream::Client::new(&config.tls, &config.timeouts, Arc::new(policy))?;
+        Ok(State {
+            config: Arc::new(config),
+            client,
+        })
     }
 }
 
@@ -268,12 +354,18 @@ fn default_port(tls: bool) -> u16 {
 
 /// The route's token as an `Authorization` value, marked sensitive so it is never printed,
 /// and whether it was minted or reused.
-async fn authorization(route: &Route) -> Result<(HeaderValue, Provenance), Error> {
+async fn authorization(
+    route: &Route,
+    metrics: &Metrics,
+) -> Result<(HeaderValue, Provenance), Error> {
     let refused = |err: &dyn std::fmt::Display| {
         tracing::error!(route = route.index, error = %err, "cannot mint a token");
+        metrics.signing_failure(route.index);
         Error::Mint { route: route.index }
     };
     let (token, provenance) = route.minter.token().await.map_err(|e| refused(&e))?;
     let value = headers::bearer(token.as_str()).map_err(|e| refused(&e))?;
+    let algorithm = route.minter.spec().algorithm();
+    metrics.token(route.index, algorithm.as_str(), provenance.as_str());
     Ok((value, provenance))
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use asap_proxy::config;
+use asap_proxy::metrics::Metrics;
 use asap_proxy::proxy::Proxy;
 use asap_proxy::server::{self, Listeners};
 use base64::Engine;
@@ -34,6 +35,9 @@ pub struct ProxyUnderTest {
     pub reverse: Vec<SocketAddr>,
     shutdown: CancellationToken,
     pub dir: tempfile::TempDir,
+    pub proxy: Arc<Proxy>,
+    /// The configuration file, for reload tests to change.
+    pub path: PathBuf,
 }
 
 impl ProxyUnderTest {
@@ -54,15 +58,16 @@ impl ProxyUnderTest {
             .replace("{dir}", &dir.path().display().to_string());
         let path = dir.path().join("proxy.yaml");
         std::fs::write(&path, yaml).expect("write proxy.yaml");
-        let config =
-            Arc::new(config::load(&path).unwrap_or_else(|e| panic!("test config is invalid: {e}")));
+        let config = config::load(&path).unwrap_or_else(|e| panic!("test config is invalid: {e}"));
         let listeners = Listeners::bind(&config).await.expect("bind listeners");
         let forward = listeners.forward_addr();
         let reverse = listeners.reverse_addrs();
-        let proxy = Arc::new(Proxy::new(config).expect("proxy"));
+        let proxy = Arc::new(
+            Proxy::new(config, Arc::new(Metrics::new()), listeners.addrs()).expect("proxy"),
+        );
         let shutdown = CancellationToken::new();
         tokio::spawn(server::run(
-            proxy,
+            proxy.clone(),
             listeners,
             shutdown.clone(),
             Duration::from_secs(5),
@@ -72,6 +77,8 @@ impl ProxyUnderTest {
             reverse,
             shutdown,
             dir,
+            proxy,
+            path,
         }
     }
 
