@@ -237,8 +237,61 @@ pub fn load(path: &Path) -> Result<Config, Error> {
 /// Checks and resolves configuration text; `path` names it in errors and anchors relative
 /// paths in it.
 pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
-    let file = resolve::read_yaml(text, path)?;
+    let text =
+        expand_env(text, |name| std::env::var(name).ok()).map_err(|(position, message)| Error {
+            file: path.to_owned(),
+            position: Some(position),
+            key: None,
+            message,
+        })?;
+    let file = resolve::read_yaml(&text, path)?;
     resolve::resolve(file, path)
+}
+
+/// Replaces `${NAME}` with the environment variable `NAME`; `$${` stands for a literal
+/// `${`. A variable that is not set is an error at its line and column.
+fn expand_env(
+    text: &str,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<String, ((u64, u64), String)> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        if rest[..at].ends_with('$') {
+            out.push_str(&rest[..at]);
+            out.push_str("{");
+            rest = &rest[at + 2..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        let offset = text.len() - rest.len() + at;
+        let before = &text[..offset];
+        let line = before.matches('\n').count() as u64 + 1;
+        let column = (before.len() - before.rfind('\n').map_or(0, |n| n + 1)) as u64 + 1;
+        let end = rest[at..]
+            .find('}')
+            .ok_or(((line, column), "unterminated ${".to_owned()))?;
+        let name = &rest[at + 2..at + end];
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err((
+                (line, column),
+                format!("${{{name}}} is not a variable name"),
+            ));
+        }
+        let value = var(name).ok_or((
+            (line, column),
+            format!("the environment variable {name} is not set"),
+        ))?;
+        out.push_str(&value);
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// A configuration error, located as precisely as the input allows. Never carries a secret.
@@ -298,6 +351,25 @@ mod tests {
                 "{uri}"
             );
         }
+    }
+
+    #[test]
+    fn environment_references_expand() {
+        let env = |name: &str| (name == "PORT").then(|| "8443".to_owned());
+        assert_eq!(
+            expand_env("a: ${PORT}\nb: x${PORT}y", env).expect("ok"),
+            "a: 8443\nb: x8443y"
+        );
+        assert_eq!(
+            expand_env("a: $${PORT} $5", env).expect("ok"),
+            "a: ${PORT} $5"
+        );
+        assert_eq!(
+            expand_env("a: 1\nb: ${MISSING}", env),
+            Err(((2, 4), "the environment variable MISSING is not set".into()))
+        );
+        assert_eq!(expand_env("a: ${1X}", env).map_err(|e| e.0), Err((1, 4)));
+        assert_eq!(expand_env("a: ${OPEN", env).map_err(|e| e.0), Err((1, 4)));
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub struct Asap {
     pub private_key_file: Option<Spanned<String>>,
     pub private_key: Option<Spanned<String>>,
     pub private_key_env: Option<Spanned<String>>,
+    pub private_key_dir: Option<Spanned<String>>,
     pub expiry: Option<Spanned<i64>>,
     pub additional_claims: Option<Spanned<BTreeMap<String, serde_json::Value>>>,
     pub reuse: Option<bool>,

@@ -682,7 +682,8 @@ fn resolve_route(
         )
     })?;
 
-    let (key, key_kid, key_setting) = load_key(ctx, keys, own, &asap_key, defaults)?;
+    let (key, key_kid, key_setting) =
+        load_key(ctx, keys, own, &asap_key, defaults, &issuer.value.value)?;
     let kid_setting = setting("kid", |a| a.kid.as_ref());
     let kid = match (&kid_setting, key_kid) {
         (Some(k), Some(from_key)) if k.value.value != from_key => {
@@ -788,6 +789,7 @@ fn load_key(
     own: Option<&raw::Asap>,
     own_key: &str,
     defaults: Option<&raw::Asap>,
+    issuer: &str,
 ) -> Result<(Arc<SigningKey>, Option<String>, String), Error> {
     let level = [(own, own_key), (defaults, "asap")]
         .into_iter()
@@ -796,7 +798,7 @@ fn load_key(
         return Err(ctx.error(
             format!("{own_key}.private_key_file"),
             None,
-            "no private key: set one of private_key_file, private_key or private_key_env",
+            "no private key: set one of private_key_file, private_key, private_key_env or private_key_dir",
         ));
     };
 
@@ -804,6 +806,7 @@ fn load_key(
         ("private_key_file", &asap.private_key_file),
         ("private_key", &asap.private_key),
         ("private_key_env", &asap.private_key_env),
+        ("private_key_dir", &asap.private_key_dir),
     ];
     let mut given = sources
         .iter()
@@ -814,14 +817,19 @@ fn load_key(
         return Err(ctx.at(
             format!("{level_key}.{other}"),
             v,
-            format!("set only one of private_key_file, private_key and private_key_env ({field} is set too)"),
+            format!(
+                "set only one of private_key_file, private_key, private_key_env and private_key_dir ({field} is set too)"
+            ),
         ));
     }
-    if let Some((key, kid)) = cache.keys.get(&setting_key) {
+    // A key directory holds a key per issuer.
+    let cache_key = format!("{setting_key} {issuer}");
+    if let Some((key, kid)) = cache.keys.get(&cache_key) {
         return Ok((key.clone(), kid.clone(), setting_key));
     }
 
-    let text = match field {
+    let mut dir_kid = None;
+    let text = zeroize::Zeroizing::new(match field {
         "private_key_file" => {
             let path = ctx.path(&value.value);
             std::fs::read_to_string(&path).map_err(|e| {
@@ -842,17 +850,49 @@ fn load_key(
                 ),
             )
         })?,
+        "private_key_dir" => {
+            let (path, kid) = active_key(ctx, &ctx.path(&value.value), issuer)
+                .map_err(|why| ctx.at(&setting_key, value, why))?;
+            dir_kid = Some(kid);
+            std::fs::read_to_string(&path).map_err(|e| {
+                ctx.at(
+                    &setting_key,
+                    value,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+        }
         _ => value.value.clone(),
-    };
+    });
     let parsed =
         SigningKey::parse(&text).map_err(|e| ctx.at(&setting_key, value, e.to_string()))?;
+    let kid = dir_kid.or(parsed.kid);
     let key = Arc::new(parsed.key);
-    cache
-        .keys
-        .insert(setting_key.clone(), (key.clone(), parsed.kid.clone()));
-    Ok((key, parsed.kid, setting_key))
+    cache.keys.insert(cache_key, (key.clone(), kid.clone()));
+    Ok((key, kid, setting_key))
 }
 
 fn has_key_source(asap: &raw::Asap) -> bool {
-    asap.private_key_file.is_some() || asap.private_key.is_some() || asap.private_key_env.is_some()
+    asap.private_key_file.is_some()
+        || asap.private_key.is_some()
+        || asap.private_key_env.is_some()
+        || asap.private_key_dir.is_some()
+}
+
+/// The key directory convention of ASAP tooling: `<dir>/<issuer>/<name>.pem`, the last name
+/// in order is the active key, and its kid is `<issuer>/<name>.pem`. Adding a later file
+/// rotates the key.
+fn active_key(ctx: &Ctx<'_>, dir: &Path, issuer: &str) -> Result<(PathBuf, String), String> {
+    let issuer_dir = dir.join(issuer);
+    ctx.read.borrow_mut().push(issuer_dir.clone());
+    let entries = std::fs::read_dir(&issuer_dir)
+        .map_err(|e| format!("cannot read {}: {e}", issuer_dir.display()))?;
+    let newest = entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().is_file())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".pem") && !name.starts_with('.'))
+        .max()
+        .ok_or_else(|| format!("{} holds no .pem key", issuer_dir.display()))?;
+    Ok((issuer_dir.join(&newest), format!("{issuer}/{newest}")))
 }
