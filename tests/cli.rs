@@ -274,3 +274,181 @@ async fn run_serves_curl_and_stops_on_sigterm() {
         assert!(!logs.contains(secret), "{secret:?} in logs:\n{logs}");
     }
 }
+
+/// The binary as operators run it: JSON logs, the admin listener, and a drain on SIGTERM
+/// that lets a slow request finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_drains_on_sigterm_serves_admin_and_logs_json_without_secrets() {
+    let (arrived_tx, arrived_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let upstream =
+        MockUpstream::with_handler(move |request: http::Request<hyper::body::Incoming>| {
+            let slow = request.uri().path() == "/slow";
+            let arrived = arrived_tx.clone();
+            async move {
+                if slow {
+                    let _ = arrived.send(());
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                http::Response::new(upstream::full("done\n"))
+            }
+        })
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "{CONFIG}  - host: {}\n    audience: ops\nadmin: 127.0.0.1:0\nshutdown_grace_seconds: 20\n",
+        upstream.addr
+    );
+    let path = write_config(dir.path(), &yaml);
+
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "-c", &path, "--log-format", "json"])
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start asap-proxy");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut all = Vec::new();
+    let (mut forward, mut admin) = (None, None);
+    while forward.is_none() || admin.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.recv())
+            .await
+            .expect("proxy starts")
+            .expect("proxy still running");
+        let json: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        let addr = json["addr"]
+            .as_str()
+            .map(|a| a.parse::<std::net::SocketAddr>().expect("address"));
+        match json["message"].as_str() {
+            Some("forward listener ready") => forward = addr,
+            Some("admin listener ready") => admin = addr,
+            _ => {}
+        }
+        all.push(line);
+    }
+    let (forward, admin) = (forward.expect("forward"), admin.expect("admin"));
+
+    assert_eq!(
+        support::wire::send(
+            admin,
+            "GET /livez HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        support::wire::send(
+            admin,
+            "GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        .await
+        .status,
+        200
+    );
+
+    let secret_request = format!(
+        "GET http://{0}/fast?api_key=query-secret HTTP/1.1\r\nHost: {0}\r\nAuthorization: Bearer client-secret\r\n\
+         Proxy-Authorization: Basic cHJveHktc2VjcmV0\r\nCookie: session=cookie-secret\r\nConnection: close\r\n\r\n",
+        upstream.addr
+    );
+    assert_eq!(
+        support::wire::send(forward, &secret_request).await.status,
+        200
+    );
+    let metrics = support::wire::send(
+        admin,
+        "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        metrics.text().contains(
+            "asap_proxy_requests_total{method_class=\"safe\",route=\"1\",status=\"200\"} 1"
+        ),
+        "{}",
+        metrics.text()
+    );
+
+    let slow = format!(
+        "GET http://{0}/slow HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n",
+        upstream.addr
+    );
+    let in_flight = tokio::spawn(async move { support::wire::send(forward, &slow).await });
+    let mut arrived_rx = arrived_rx;
+    arrived_rx
+        .recv()
+        .await
+        .expect("the slow request reached the upstream");
+    let pid = child.id().expect("pid").to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+
+    let slow_response = in_flight.await.expect("slow request");
+    assert_eq!(
+        slow_response.status, 200,
+        "the request in flight finishes during the drain"
+    );
+    assert_eq!(slow_response.text(), "done\n");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+
+    while let Ok(line) = lines.try_recv() {
+        all.push(line);
+    }
+    let mut access = Vec::new();
+    for line in &all {
+        let json: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if json["target"] == "asap_proxy::access" {
+            access.push(json);
+        }
+        for secret in [
+            "query-secret",
+            "client-secret",
+            "cHJveHktc2VjcmV0",
+            "cookie-secret",
+            "Bearer",
+            "eyJ",
+        ] {
+            assert!(!line.contains(secret), "{secret:?} logged: {line}");
+        }
+    }
+    let fast = access
+        .iter()
+        .find(|a| a["path"] == "/fast")
+        .expect("an access line for /fast");
+    for field in [
+        "client",
+        "method",
+        "scheme",
+        "host",
+        "path",
+        "route",
+        "status",
+        "bytes_in",
+        "bytes_out",
+        "duration_ms",
+        "token",
+        "error",
+    ] {
+        assert!(!fast[field].is_null(), "access line lacks {field}: {fast}");
+    }
+    assert_eq!(fast["status"], 200);
+    assert_eq!(fast["token"], "minted");
+    assert_eq!(fast["bytes_out"], 5);
+}
