@@ -42,12 +42,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy until SIGINT or SIGTERM.
+    ///
+    /// Without a configuration file, give --route: the signing settings then come from the
+    /// environment variables of ASAP tooling: ASAP_ISSUER, ASAP_PRIVATE_KEY (PEM, base64 DER
+    /// or data URI), ASAP_KEY_ID (unless the data URI names it), ASAP_AUDIENCE (the default
+    /// audience) and ASAP_ALGORITHM (default: RS256 for RSA keys, ES256/384/512 for EC keys).
     Run {
         #[command(flatten)]
         config: ConfigArg,
         /// Log line format on standard error.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        #[command(flatten)]
+        env: EnvConfig,
     },
     /// Validate the configuration and keys, and print the route table (never secrets).
     Check {
@@ -102,6 +109,30 @@ enum CaCommand {
     },
 }
 
+/// A configuration from the environment and the command line, for containers.
+#[derive(Debug, Args)]
+struct EnvConfig {
+    /// Route HOST (as in a route's host key), with its audience after `=` or from
+    /// ASAP_AUDIENCE; repeat for more routes. Selects configuration from the environment.
+    #[arg(long = "route", value_name = "HOST[=AUDIENCE]")]
+    routes: Vec<String>,
+    /// Forward-proxy listener, with --route.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080",
+        requires = "routes"
+    )]
+    listen: String,
+    /// Client network allowed to use the proxy (CIDR), with --route; repeatable. Needed for
+    /// a listener that is not on loopback.
+    #[arg(long = "allow", value_name = "CIDR", requires = "routes")]
+    allow: Vec<String>,
+    /// Admin listener (health and metrics), with --route.
+    #[arg(long, value_name = "ADDR", requires = "routes")]
+    admin: Option<String>,
+}
+
 #[derive(Debug, Args)]
 struct ConfigArg {
     /// Configuration file.
@@ -141,7 +172,19 @@ pub fn main() -> ExitCode {
 
 fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config, log_format } => run(&config.config, log_format),
+        Command::Run {
+            config,
+            log_format,
+            env,
+        } if env.routes.is_empty() => run(&config.config, log_format),
+        Command::Run {
+            log_format, env, ..
+        } => {
+            let dir = tempfile_dir()?;
+            let path = dir.join("proxy.yaml");
+            write_file(&path, env_config(&env)?.as_bytes(), 0o600)?;
+            run(&path, log_format)
+        }
         Command::Check { config } => check(&config.config),
         Command::Token { config, url } => print_token(&config.config, &url),
         Command::Keygen {
@@ -403,4 +446,71 @@ Make each client trust the certificate (only clients that use this proxy):
         key_path.display(),
     );
     Ok(())
+}
+
+/// A private directory for the configuration generated from the environment.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("asap-proxy-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    #[cfg(unix)]
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// Writes the configuration the environment describes, as YAML, so that it goes through the
+/// same checks as a file. The key itself stays in the environment.
+fn env_config(env: &EnvConfig) -> anyhow::Result<String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    // JSON strings are YAML strings, with every character escaped as needed.
+    let quote = |text: &str| serde_json::Value::from(text).to_string();
+    let issuer = var("ASAP_ISSUER").context("ASAP_ISSUER is not set")?;
+    let key = var("ASAP_PRIVATE_KEY").context("ASAP_PRIVATE_KEY is not set")?;
+    let algorithm = match var("ASAP_ALGORITHM") {
+        Some(algorithm) => algorithm,
+        None => match SigningKey::parse(&key)
+            .context("ASAP_PRIVATE_KEY")?
+            .key
+            .kind()
+        {
+            token::KeyKind::Rsa { .. } => "RS256".to_owned(),
+            token::KeyKind::EcP256 => "ES256".to_owned(),
+            token::KeyKind::EcP384 => "ES384".to_owned(),
+            token::KeyKind::EcP521 => "ES512".to_owned(),
+        },
+    };
+    let mut yaml = format!("listen: {}\n", quote(&env.listen));
+    if let Some(admin) = &env.admin {
+        yaml.push_str(&format!("admin: {}\nadmin_expose: true\n", quote(admin)));
+    }
+    if !env.allow.is_empty() {
+        let allow: Vec<String> = env.allow.iter().map(|c| quote(c)).collect();
+        yaml.push_str(&format!("clients:\n  allow: [{}]\n", allow.join(", ")));
+    }
+    yaml.push_str(&format!(
+        "asap:\n  issuer: {}\n  algorithm: {}\n  private_key_env: ASAP_PRIVATE_KEY\n",
+        quote(&issuer),
+        quote(&algorithm)
+    ));
+    if let Some(kid) = var("ASAP_KEY_ID") {
+        yaml.push_str(&format!("  kid: {}\n", quote(&kid)));
+    }
+    yaml.push_str("routes:\n");
+    for route in &env.routes {
+        let (host, audience) = match route.split_once('=') {
+            Some((host, audience)) => (host, audience.to_owned()),
+            None => (
+                route.as_str(),
+                var("ASAP_AUDIENCE").with_context(|| {
+                    format!("--route {route}: no audience after = and ASAP_AUDIENCE is not set")
+                })?,
+            ),
+        };
+        yaml.push_str(&format!(
+            "  - host: {}\n    audience: {}\n",
+            quote(host),
+            quote(&audience)
+        ));
+    }
+    Ok(yaml)
 }

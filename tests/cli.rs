@@ -452,3 +452,56 @@ async fn run_drains_on_sigterm_serves_admin_and_logs_json_without_secrets() {
     assert_eq!(fast["token"], "minted");
     assert_eq!(fast["bytes_out"], 5);
 }
+
+/// No configuration file: ASAP tooling's environment variables and routes on the command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_from_the_environment_without_a_config_file() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let key = std::fs::read_to_string(key("ec-p384.datauri")).expect("fixture");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--route"])
+        .arg(upstream.addr.to_string())
+        .env("ASAP_ISSUER", "fixture-issuer")
+        .env("ASAP_PRIVATE_KEY", key)
+        .env("ASAP_AUDIENCE", "from-env")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start asap-proxy");
+    let mut logs = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), logs.next_line())
+            .await
+            .expect("proxy starts")
+            .expect("read log")
+            .unwrap_or_else(|| panic!("proxy exited"));
+        if let Some(addr) = line.split("forward listener ready addr=").nth(1) {
+            break addr
+                .split_whitespace()
+                .next()
+                .expect("address")
+                .parse::<std::net::SocketAddr>()
+                .expect("addr");
+        }
+    };
+
+    let request = format!(
+        "GET http://{0}/ HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n",
+        upstream.addr
+    );
+    assert_eq!(support::wire::send(addr, &request).await.status, 200);
+    let jwt = decode_bearer(
+        upstream
+            .only_request()
+            .header("authorization")
+            .expect("token"),
+    );
+    assert_eq!(jwt.claims["aud"], "from-env");
+    assert_eq!(jwt.header["alg"], "ES384", "chosen from the key's curve");
+    assert_eq!(
+        jwt.header["kid"], "fixture-issuer/ec-p384",
+        "from the data URI"
+    );
+    let _ = child.start_kill();
+}
