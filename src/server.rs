@@ -158,6 +158,7 @@ pub async fn serve(
         };
         let Ok(place) = places.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached, refusing a client");
+            proxy.metrics().denial("connection_limit");
             tokio::spawn(refuse(stream));
             continue;
         };
@@ -172,6 +173,7 @@ pub async fn serve(
         );
         let watcher = graceful.watcher();
         let first_byte = proxy.config().timeouts.request_header;
+        let open = proxy.metrics().connection_opened(kind);
         let span = tracing::debug_span!("connection", listener = kind, %peer);
         tokio::spawn(
             async move {
@@ -187,7 +189,7 @@ pub async fn serve(
                 if let Err(err) = watcher.watch(connection.into_owned()).await {
                     tracing::debug!(error = %err, "connection ended with an error");
                 }
-                drop(place);
+                drop((place, open));
             }
             .instrument(span),
         );

@@ -509,3 +509,28 @@ async fn upstream_closing_during_the_tls_handshake_is_a_tls_error() {
     let status = response.header("proxy-status").expect("Proxy-Status");
     assert!(status.contains("error=tls_protocol_error"), "{status}");
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let upstream = MockUpstream::recording(upstream::ok).await;
+    let proxy = ProxyUnderTest::start(&config(
+        upstream.addr.port(),
+        "timeouts:\n  request_header_seconds: 0.3\n",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.forward()).await.expect("connect");
+    let request = format!(
+        "GET http://{0}/ HTTP/1.1\r\nHost: {0}\r\n\r\n",
+        upstream.addr
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let response = wire::read_response(&mut stream).await;
+    assert_eq!(response.status, 200);
+
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed")
+        .expect("read");
+    assert!(rest.is_empty());
+}
