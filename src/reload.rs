@@ -72,13 +72,16 @@ pub fn reload(path: &Path, proxy: &Proxy) -> bool {
         Ok(new) => {
             if new.listen != current.listen
                 || new.admin != current.admin
+                || new.limits.max_connections != current.limits.max_connections
                 || new
                     .reverse
                     .iter()
                     .map(|r| r.listen)
                     .ne(current.reverse.iter().map(|r| r.listen))
             {
-                tracing::warn!("listener addresses changed: they take effect only after a restart");
+                tracing::warn!(
+                    "listener addresses or max_connections changed: they take effect only after a restart"
+                );
             }
             match proxy.reload(new) {
                 Ok(()) => {
@@ -122,7 +125,8 @@ fn rewatch(
         let _ = watcher.unwatch(gone);
     }
     for dir in wanted.difference(watched) {
-        if let Err(err) = watcher.watch(dir, RecursiveMode::Recursive) {
+        // Not recursive: a configuration in a project directory must not watch its tree.
+        if let Err(err) = watcher.watch(dir, RecursiveMode::NonRecursive) {
             tracing::warn!(dir = %dir.display(), error = %err, "cannot watch for changes");
         }
     }

@@ -139,7 +139,6 @@ pub async fn serve(
         (_, Some(addr)) => tracing::info!(%addr, "forward listener ready"),
         _ => {}
     }
-    let builder = http_builder(&proxy, &entry);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
@@ -163,7 +162,8 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
+        // Built per connection, so that a reload's limits and timeouts apply to new clients.
+        let builder = http_builder(&proxy, &entry);
         let service = service(
             proxy.clone(),
             Conn {
