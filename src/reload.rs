@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +33,9 @@ pub async fn watch(path: PathBuf, proxy: Arc<Proxy>, shutdown: CancellationToken
             }
         };
     let mut watched = BTreeSet::new();
-    let mut last = fingerprint(&path, &proxy.config().files);
+    // Compared with the files as they were loaded, so a change made before this task
+    // started is not missed.
+    let mut last = proxy.config().fingerprint;
     if let Some(watcher) = watcher.as_mut() {
         rewatch(watcher, &mut watched, &path, &proxy.config().files);
     }
@@ -50,7 +51,7 @@ pub async fn watch(path: PathBuf, proxy: Arc<Proxy>, shutdown: CancellationToken
             tokio::time::sleep(SETTLE).await;
             // Drain the burst, then act only if some file's contents really changed.
             while changed.try_recv().is_ok() {}
-            let now = fingerprint(&path, &proxy.config().files);
+            let now = config::fingerprint(&path, &proxy.config().files);
             if now == last {
                 continue;
             }
@@ -58,7 +59,8 @@ pub async fn watch(path: PathBuf, proxy: Arc<Proxy>, shutdown: CancellationToken
             tracing::info!("SIGHUP received, reloading the configuration");
         }
         reload(&path, &proxy);
-        last = fingerprint(&path, &proxy.config().files);
+        // After a rejected file too: wait for the next change rather than retrying.
+        last = config::fingerprint(&path, &proxy.config().files);
         if let Some(watcher) = watcher.as_mut() {
             rewatch(watcher, &mut watched, &path, &proxy.config().files);
         }
@@ -138,26 +140,6 @@ fn parent(file: &Path) -> PathBuf {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
     }
-}
-
-/// A digest of the configuration and every file it names (directories by their entries).
-fn fingerprint(path: &Path, files: &[PathBuf]) -> [u8; 32] {
-    let mut hash = Sha256::new();
-    for file in std::iter::once(path).chain(files.iter().map(PathBuf::as_path)) {
-        hash.update(file.as_os_str().as_encoded_bytes());
-        if let Ok(entries) = std::fs::read_dir(file) {
-            let mut names: Vec<PathBuf> =
-                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-            names.sort();
-            for name in names {
-                hash.update(name.as_os_str().as_encoded_bytes());
-                hash.update(std::fs::read(&name).unwrap_or_default());
-            }
-        } else {
-            hash.update(std::fs::read(file).unwrap_or_default());
-        }
-    }
-    hash.finalize().into()
 }
 
 #[cfg(unix)]

@@ -449,7 +449,11 @@ async fn run_drains_on_sigterm_serves_admin_and_logs_json_without_secrets() {
         assert!(!fast[field].is_null(), "access line lacks {field}: {fast}");
     }
     assert_eq!(fast["status"], 200);
-    assert_eq!(fast["token"], "minted");
+    // Usually minted in the background before the first request, which then reuses it.
+    assert!(
+        fast["token"] == "reused" || fast["token"] == "minted",
+        "{fast}"
+    );
     assert_eq!(fast["bytes_out"], 5);
 }
 

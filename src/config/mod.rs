@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use sha2::{Digest, Sha256};
 
 use crate::clients::Admission;
 use crate::routes::{self, Host};
@@ -48,6 +49,8 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Every file and directory the configuration read, to watch for changes.
     pub files: Vec<PathBuf>,
+    /// A digest of those files as loaded, to tell later whether any changed.
+    pub fingerprint: [u8; 32],
 }
 
 #[derive(Debug, Default)]
@@ -231,7 +234,29 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         key: None,
         message: format!("cannot read the file: {e}"),
     })?;
-    parse(&text, path)
+    let mut config = parse(&text, path)?;
+    config.fingerprint = fingerprint(path, &config.files);
+    Ok(config)
+}
+
+/// A digest of the configuration and every file it names (directories by their entries).
+pub fn fingerprint(path: &Path, files: &[PathBuf]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for file in std::iter::once(path).chain(files.iter().map(PathBuf::as_path)) {
+        hash.update(file.as_os_str().as_encoded_bytes());
+        if let Ok(entries) = std::fs::read_dir(file) {
+            let mut names: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            names.sort();
+            for name in names {
+                hash.update(name.as_os_str().as_encoded_bytes());
+                hash.update(std::fs::read(&name).unwrap_or_default());
+            }
+        } else {
+            hash.update(std::fs::read(file).unwrap_or_default());
+        }
+    }
+    hash.finalize().into()
 }
 
 /// Checks and resolves configuration text; `path` names it in errors and anchors relative

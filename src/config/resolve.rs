@@ -267,6 +267,7 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
         shutdown_grace,
         log_level,
         files: ctx.read.into_inner(),
+        fingerprint: [0; 32],
     })
 }
 

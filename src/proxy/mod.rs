@@ -305,6 +305,9 @@ impl State {
             own_listeners.to_vec(),
         );
         let client = upstream::Client::new(&config.tls, &config.timeouts, Arc::new(policy))?;
+        for (_, route) in config.routes.iter() {
+            route.minter.keep_ready();
+        }
         Ok(State {
             config: Arc::new(config),
             client,

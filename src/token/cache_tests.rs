@@ -151,3 +151,79 @@ fn debug_and_accessors() {
     assert_eq!(minter.spec().kid().as_str(), "svc/key-1");
     assert_eq!(Provenance::Reused.as_str(), "reused");
 }
+
+/// Waits, on the real clock, for the background task to do its first work.
+async fn until(mut ready: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if ready() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the background task did not get there");
+}
+
+#[tokio::test]
+async fn background_minting_means_no_request_signs() {
+    let minter = Arc::new(Minter::new(spec(), true));
+    minter.keep_ready();
+    until(|| minter.current.try_lock().is_ok_and(|c| c.is_some())).await;
+
+    for _ in 0..5 {
+        let (_, how) = minter.token().await.expect("token");
+        assert_eq!(
+            how,
+            Provenance::Reused,
+            "the token was ready before the request"
+        );
+    }
+}
+
+#[tokio::test]
+async fn background_premint_replaces_the_token_before_its_refresh_point() {
+    let (time, clock) = FakeClock::new();
+    let minter = Arc::new(Minter::with_clock(spec(), true, clock));
+    minter.keep_ready();
+    until(|| minter.current.try_lock().is_ok_and(|c| c.is_some())).await;
+    let (first, _) = minter.token().await.expect("token");
+
+    // Past 80% of the lifetime, before the 90% refresh point: the task mints the next one.
+    time.set(85_000);
+    minter.refill.notify_one();
+    until(|| {
+        minter.current.try_lock().is_ok_and(|c| {
+            c.as_ref()
+                .is_some_and(|t| t.issued_at() > first.issued_at())
+        })
+    })
+    .await;
+    let (next, how) = minter.token().await.expect("token");
+    assert_eq!(how, Provenance::Reused);
+    assert_ne!(next.as_str(), first.as_str());
+}
+
+#[tokio::test]
+async fn the_pool_serves_fresh_unused_tokens_and_drops_stale_ones() {
+    let (time, clock) = FakeClock::new();
+    let minter = Arc::new(Minter::with_clock(spec(), false, clock));
+    minter.keep_ready();
+    until(|| minter.pool.lock().expect("lock").len() == POOL_SIZE).await;
+
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..POOL_SIZE {
+        let (token, how) = minter.token().await.expect("token");
+        assert_eq!(how, Provenance::Minted);
+        assert!(seen.insert(token.as_str().to_owned()), "never served twice");
+    }
+
+    // Pooled tokens older than a tenth of the lifetime are never served.
+    until(|| minter.pool.lock().expect("lock").len() == POOL_SIZE).await;
+    time.set(LIFETIME_SECS * 1000 / 10 + 1_000);
+    let (token, _) = minter.token().await.expect("token");
+    assert!(
+        clock_now(&time)
+            .duration_since(token.issued_at())
+            .expect("issued before now")
+            < Duration::from_secs(2)
+    );
+}
