@@ -206,7 +206,11 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 fn run(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
     let config = load(path)?;
     telemetry::init(log_format, config.log_level.as_deref());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.workers {
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -377,6 +377,11 @@ fn mistakes_are_refused_with_their_location() {
             "admin_expose: true",
         ),
         (
+            format!("{DEFAULTS}{route}workers: 0\n"),
+            "proxy.yaml:10:10: workers:",
+            "from 1 to 1024",
+        ),
+        (
             format!("{DEFAULTS}{route}limits:\n  max_header_bytes: 100\n"),
             "proxy.yaml:11:21: limits.max_header_bytes:",
             "from 8192",

@@ -47,6 +47,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// A `tracing` filter such as `info` or `asap_proxy=debug`; `RUST_LOG` overrides it.
     pub log_level: Option<String>,
+    /// Threads serving connections; `None` means one per core. Signing runs on tokio's
+    /// blocking pool, apart from these.
+    pub workers: Option<usize>,
     /// Every file and directory the configuration read, to watch for changes.
     pub files: Vec<PathBuf>,
     /// A digest of those files as loaded, to tell later whether any changed.

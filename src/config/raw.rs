@@ -30,6 +30,7 @@ pub struct File {
     pub limits: Option<Limits>,
     pub shutdown_grace_seconds: Option<Spanned<f64>>,
     pub log_level: Option<Spanned<String>>,
+    pub workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

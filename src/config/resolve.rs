@@ -266,6 +266,15 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
         limits,
         shutdown_grace,
         log_level,
+        workers: match &file.workers {
+            None => None,
+            Some(w) => Some(
+                usize::try_from(w.value)
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| ctx.at("workers", w, "must be from 1 to 1024"))?,
+            ),
+        },
         files: ctx.read.into_inner(),
         fingerprint: [0; 32],
     })
