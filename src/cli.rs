@@ -73,7 +73,9 @@ enum Command {
     /// Generate a private key (PKCS#8 PEM, mode 0600) and its public key to publish.
     ///
     /// Writes DIR/private/<kid>.pem and DIR/public/<kid>: the public file's path below
-    /// DIR/public is the path under which a key repository serves it.
+    /// DIR/public is the path under which a key repository serves it. With a kid such as
+    /// svc/2026-12-01.pem the private key is DIR/private/svc/2026-12-01.pem, ready for
+    /// `private_key_dir: DIR/private`.
     Keygen {
         /// Signing algorithm the key is for.
         #[arg(long, value_parser = parse_algorithm)]
@@ -114,7 +116,11 @@ enum CaCommand {
 struct EnvConfig {
     /// Route HOST (as in a route's host key), with its audience after `=` or from
     /// ASAP_AUDIENCE; repeat for more routes. Selects configuration from the environment.
-    #[arg(long = "route", value_name = "HOST[=AUDIENCE]")]
+    #[arg(
+        long = "route",
+        value_name = "HOST[=AUDIENCE]",
+        conflicts_with = "config"
+    )]
     routes: Vec<String>,
     /// Forward-proxy listener, with --route.
     #[arg(
@@ -176,15 +182,10 @@ fn execute(command: Command) -> anyhow::Result<()> {
             config,
             log_format,
             env,
-        } if env.routes.is_empty() => run(&config.config, log_format),
+        } if env.routes.is_empty() => run(Source::File(&config.config), log_format),
         Command::Run {
             log_format, env, ..
-        } => {
-            let dir = tempfile_dir()?;
-            let path = dir.join("proxy.yaml");
-            write_file(&path, env_config(&env)?.as_bytes(), 0o600)?;
-            run(&path, log_format)
-        }
+        } => run(Source::Environment(&env), log_format),
         Command::Check { config } => check(&config.config),
         Command::Token { config, url } => print_token(&config.config, &url),
         Command::Keygen {
@@ -203,8 +204,20 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(config::load(path)?)
 }
 
-fn run(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
-    let config = load(path)?;
+/// Where `run` takes its configuration from.
+enum Source<'a> {
+    File(&'a Path),
+    /// ASAP tooling's environment variables and `--route`: nothing to watch or reload.
+    Environment(&'a EnvConfig),
+}
+
+fn run(source: Source<'_>, log_format: LogFormat) -> anyhow::Result<()> {
+    let config = match source {
+        Source::File(path) => load(path)?,
+        Source::Environment(env) => {
+            config::parse_text(&env_config(env)?, Path::new("<environment and --route>"))?
+        }
+    };
     telemetry::init(log_format, config.log_level.as_deref());
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = config.workers {
@@ -233,21 +246,25 @@ fn run(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
             Proxy::new(config, metrics.clone(), own).context("cannot set up upstream TLS")?,
         );
         let shutdown = CancellationToken::new();
+        // The admin listener outlives the drain, so that /readyz can say 503 meanwhile.
+        let admin_stop = CancellationToken::new();
         let admin = Arc::new(AdminState::new(metrics));
-        if let Some(listener) = admin_listener {
+        let admin_task = admin_listener.map(|listener| {
             tokio::spawn(admin::serve(
                 listener,
                 admin.clone(),
-                shutdown.clone().cancelled_owned(),
+                admin_stop.clone().cancelled_owned(),
+            ))
+        });
+        if let Source::File(path) = source {
+            tokio::spawn(reload::watch(
+                path.to_owned(),
+                proxy.clone(),
+                shutdown.clone(),
             ));
         }
-        tokio::spawn(reload::watch(
-            path.to_owned(),
-            proxy.clone(),
-            shutdown.clone(),
-        ));
         tokio::spawn(signal_shutdown(shutdown.clone()));
-        tracing::info!(routes, config = %path.display(), "asap-proxy started");
+        tracing::info!(routes, "asap-proxy started");
         admin.set_ready(true);
         let stopping = {
             let admin = admin.clone();
@@ -262,6 +279,10 @@ fn run(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
             server::run(proxy, listeners, shutdown.clone(), grace),
             stopping
         );
+        admin_stop.cancel();
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
         tracing::info!("asap-proxy stopped");
         Ok(())
     })
@@ -356,7 +377,13 @@ fn keygen(algorithm: Algorithm, kid: &str, out: &Path) -> anyhow::Result<()> {
     let issuer = kid.split('/').next().unwrap_or_default();
     let kid = KeyId::new(kid, issuer).map_err(|e| anyhow::anyhow!("--kid: {e}"))?;
     let key = SigningKey::generate(algorithm)?;
-    let private_path = out.join("private").join(format!("{kid}.pem"));
+    // A kid that ends in .pem already names its file, as in ASAP tooling's key directories.
+    let private_name = if kid.as_str().ends_with(".pem") {
+        kid.to_string()
+    } else {
+        format!("{kid}.pem")
+    };
+    let private_path = out.join("private").join(private_name);
     let public_path = out.join("public").join(kid.as_str());
     for path in [&private_path, &public_path] {
         if path.exists() {
@@ -452,18 +479,8 @@ Make each client trust the certificate (only clients that use this proxy):
     Ok(())
 }
 
-/// A private directory for the configuration generated from the environment.
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("asap-proxy-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    #[cfg(unix)]
-    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    Ok(dir)
-}
-
-/// Writes the configuration the environment describes, as YAML, so that it goes through the
-/// same checks as a file. The key itself stays in the environment.
+/// The configuration the environment describes, as YAML, so that it goes through the same
+/// checks as a file. The key itself stays in the environment.
 fn env_config(env: &EnvConfig) -> anyhow::Result<String> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     // JSON strings are YAML strings, with every character escaped as needed.

@@ -50,6 +50,8 @@ pub enum Refusal {
 
 impl Admission {
     pub fn new(allow: Vec<IpNet>, users: Vec<User>) -> Admission {
+        // Peers are compared in canonical form, so IPv4-mapped networks are too.
+        let allow = allow.into_iter().map(canonical).collect();
         Admission { allow, users }
     }
 
@@ -62,12 +64,12 @@ impl Admission {
         !self.users.is_empty()
     }
 
-    /// Admits a client by address and, when users are configured, by credentials. Returns
-    /// the user name, if any.
+    /// Admits a client by address and, when users are configured, by credentials: every
+    /// `Proxy-Authorization` value the request carried. Returns the user name, if any.
     pub fn admit(
         &self,
         peer: IpAddr,
-        proxy_authorization: Option<&HeaderValue>,
+        proxy_authorization: &[&HeaderValue],
     ) -> Result<Option<&str>, Refusal> {
         // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d.
         let peer = peer.to_canonical();
@@ -77,9 +79,11 @@ impl Admission {
         if self.users.is_empty() {
             return Ok(None);
         }
-        let (name, password) = proxy_authorization
-            .and_then(|value| basic_credentials(value.as_bytes()))
-            .ok_or(Refusal::Credentials)?;
+        // Several credentials are ambiguous: refuse rather than pick one.
+        let [value] = proxy_authorization else {
+            return Err(Refusal::Credentials);
+        };
+        let (name, password) = basic_credentials(value.as_bytes()).ok_or(Refusal::Credentials)?;
         let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
         // Every user is compared, in constant time, so timing tells nothing about which
         // part was wrong.
@@ -102,6 +106,17 @@ impl fmt::Debug for Admission {
             .field("allow", &self.allow)
             .field("users", &users)
             .finish()
+    }
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it stands for.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
     }
 }
 
@@ -148,11 +163,11 @@ mod tests {
     fn loopback_only_by_default() {
         let admission = Admission::loopback_only();
         for ok in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
-            assert_eq!(admission.admit(ip(ok), None), Ok(None), "{ok}");
+            assert_eq!(admission.admit(ip(ok), &[]), Ok(None), "{ok}");
         }
         for refused in ["10.0.0.1", "192.168.1.1", "::2", "::ffff:10.0.0.1"] {
             assert_eq!(
-                admission.admit(ip(refused), None),
+                admission.admit(ip(refused), &[]),
                 Err(Refusal::Address),
                 "{refused}"
             );
@@ -169,19 +184,16 @@ mod tests {
             ],
         );
         assert_eq!(
-            admission.admit(ip("10.1.2.3"), Some(&basic("ci:s3cret:with:colons"))),
+            admission.admit(ip("10.1.2.3"), &[&basic("ci:s3cret:with:colons")]),
             Ok(Some("ci"))
         );
         assert_eq!(
-            admission.admit(ip("10.1.2.3"), Some(&basic("ops:other"))),
+            admission.admit(ip("10.1.2.3"), &[&basic("ops:other")]),
             Ok(Some("ops"))
         );
         let lower = HeaderValue::from_str(&format!("basic {}", STANDARD.encode("ops:other")))
             .expect("header");
-        assert_eq!(
-            admission.admit(ip("10.1.2.3"), Some(&lower)),
-            Ok(Some("ops"))
-        );
+        assert_eq!(admission.admit(ip("10.1.2.3"), &[&lower]), Ok(Some("ops")));
         for wrong in [
             Some(basic("ci:wrong")),
             Some(basic("ops:s3cret:with:colons")),
@@ -191,17 +203,35 @@ mod tests {
             Some(HeaderValue::from_static("Basic !!!")),
             None,
         ] {
+            let values: Vec<&HeaderValue> = wrong.iter().collect();
             assert_eq!(
-                admission.admit(ip("10.1.2.3"), wrong.as_ref()),
+                admission.admit(ip("10.1.2.3"), &values),
                 Err(Refusal::Credentials),
                 "{wrong:?}"
             );
         }
         // The address is checked first: right credentials from elsewhere are still refused.
         assert_eq!(
-            admission.admit(ip("11.0.0.1"), Some(&basic("ops:other"))),
+            admission.admit(ip("11.0.0.1"), &[&basic("ops:other")]),
             Err(Refusal::Address)
         );
+        let (right, wrong) = (basic("ops:other"), basic("ci:wrong"));
+        assert_eq!(
+            admission.admit(ip("10.1.2.3"), &[&right, &wrong]),
+            Err(Refusal::Credentials),
+            "two credentials"
+        );
+    }
+
+    #[test]
+    fn mapped_networks_match_ipv4_peers() {
+        let admission = Admission::new(
+            vec!["::ffff:10.0.0.0/104".parse().expect("net")],
+            Vec::new(),
+        );
+        assert_eq!(admission.admit(ip("10.9.9.9"), &[]), Ok(None));
+        assert_eq!(admission.admit(ip("::ffff:10.9.9.9"), &[]), Ok(None));
+        assert_eq!(admission.admit(ip("11.0.0.1"), &[]), Err(Refusal::Address));
     }
 
     #[test]

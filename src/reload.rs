@@ -40,6 +40,11 @@ pub async fn watch(path: PathBuf, proxy: Arc<Proxy>, shutdown: CancellationToken
         rewatch(watcher, &mut watched, &path, &proxy.config().files);
     }
     let mut hangup = hangup();
+    // A change made between loading and watching raised no event: look once now.
+    if config::fingerprint(&path, &proxy.config().files) != last {
+        reload(&path, &proxy);
+        last = config::fingerprint(&path, &proxy.config().files);
+    }
 
     loop {
         let forced = tokio::select! {

@@ -8,14 +8,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -139,7 +140,8 @@ pub async fn serve(
         (_, Some(addr)) => tracing::info!(%addr, "forward listener ready"),
         _ => {}
     }
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    let closing = CancellationToken::new();
     tokio::pin!(shutdown);
 
     loop {
@@ -163,7 +165,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         // Built per connection, so that a reload's limits and timeouts apply to new clients.
-        let builder = http_builder(&proxy, &entry);
+        let builder = http1_builder(&proxy.config());
         let service = service(
             proxy.clone(),
             Conn {
@@ -171,22 +173,35 @@ pub async fn serve(
                 entry: entry.clone(),
             },
         );
-        let watcher = graceful.watcher();
+        let closing = closing.clone();
         let first_byte = proxy.config().timeouts.request_header;
         let open = proxy.metrics().connection_opened(kind);
         let span = tracing::debug_span!("connection", listener = kind, %peer);
-        tokio::spawn(
+        connections.spawn(
             async move {
                 // hyper's header timer starts at the first byte of a request; a client that
                 // connects and sends nothing would otherwise hold its socket forever.
                 let mut peek = [0u8; 1];
-                let first = tokio::time::timeout(first_byte, stream.peek(&mut peek)).await;
+                let first = tokio::select! {
+                    first = tokio::time::timeout(first_byte, stream.peek(&mut peek)) => first,
+                    () = closing.cancelled() => return,
+                };
                 if !matches!(first, Ok(Ok(1))) {
                     return tracing::debug!("closing a connection that sent nothing");
                 }
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(err) = watcher.watch(connection.into_owned()).await {
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                tokio::pin!(connection);
+                let ended = tokio::select! {
+                    ended = connection.as_mut() => ended,
+                    () = closing.cancelled() => {
+                        // Finish the request in flight, then close instead of keeping alive.
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(err) = ended {
                     tracing::debug!(error = %err, "connection ended with an error");
                 }
                 drop((place, open));
@@ -197,7 +212,9 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!(listener = kind, "draining connections");
-    if tokio::time::timeout(drain, graceful.shutdown())
+    closing.cancel();
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait())
         .await
         .is_err()
     {
@@ -231,9 +248,21 @@ async fn refuse(mut stream: TcpStream) {
 
 /// HTTP/1.1 and HTTP/2 (HTTP/1.1 only on the forward listener, where clients speak the proxy
 /// protocol), with the request-head timeout running on tokio's timer.
-fn http_builder(proxy: &Proxy, entry: &Entry) -> auto::Builder<TokioExecutor> {
+/// HTTP/1.1 for listeners: proxy clients speak it, and its request-head timeout also bounds
+/// idle connections, which HTTP/2 has no equivalent for.
+fn http1_builder(config: &Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.timeouts.request_header)
+        .max_buf_size(config.limits.max_header_bytes)
+        .max_headers(config.limits.max_headers);
+    builder
+}
+
+/// HTTP/1.1 or HTTP/2 (by ALPN) inside an intercepted tunnel.
+fn tunnel_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    let config = proxy.config();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -243,11 +272,10 @@ fn http_builder(proxy: &Proxy, entry: &Entry) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX));
-    match entry {
-        Entry::Forward => builder.http1_only(),
-        Entry::Reverse(_) | Entry::Intercepted(_) => builder,
-    }
+        .max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Pings find dead peers; TODO(#4): close idle HTTP/2 connections inside tunnels.
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
 }
 
 fn service(
@@ -282,7 +310,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     Box::pin(async move {
-        let builder = http_builder(&proxy, &conn.entry);
+        let builder = tunnel_builder(&proxy.config());
         // TODO(#4): let intercepted connections finish within the drain deadline.
         if let Err(err) = builder.serve_connection(io, service(proxy, conn)).await {
             tracing::debug!(error = %err, "connection ended with an error");

@@ -16,7 +16,10 @@ pub enum LogFormat {
 pub fn init(format: LogFormat, configured: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(configured.unwrap_or("info")))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // The file watcher logs every event it sees; with the log file next to the
+        // configuration, its own lines would be events, without end.
+        .add_directive("notify=warn".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -88,17 +88,21 @@ async fn credentials_are_required_checked_and_never_forwarded() {
 
 #[tokio::test]
 async fn a_request_that_comes_back_is_a_loop() {
-    // A reverse listener whose upstream is itself, by a name the config cannot check.
-    let port = support::closed_port().port();
-    let yaml = format!(
-        "reverse:\n  - listen: 127.0.0.1:{port}\n    upstream: http://localhost:{port}\nasap:\n  \
-         issuer: gw\n  kid: gw/ec\n  algorithm: ES256\n  private_key_file: {{keys}}/ec-p256.pkcs8.pem\n\
-         routes:\n  - host: localhost:{port}\n    audience: a\n"
-    );
-    let proxy = ProxyUnderTest::start(&yaml).await;
+    // Two proxies in front of each other: neither is the other's own listener, so only the
+    // `Via` entry can tell that a request came back.
+    let (a, b) = (support::closed_port().port(), support::closed_port().port());
+    let reverse = |listen: u16, upstream: u16| {
+        format!(
+            "reverse:\n  - listen: 127.0.0.1:{listen}\n    upstream: http://localhost:{upstream}\nasap:\n  \
+             issuer: gw\n  kid: gw/ec\n  algorithm: ES256\n  private_key_file: {{keys}}/ec-p256.pkcs8.pem\n\
+             routes:\n  - host: localhost\n    audience: a\n"
+        )
+    };
+    let first = ProxyUnderTest::start(&reverse(a, b)).await;
+    let _second = ProxyUnderTest::start(&reverse(b, a)).await;
 
     let response = wire::send(
-        proxy.reverse[0],
+        first.reverse[0],
         "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -223,6 +227,27 @@ async fn requests_to_the_proxys_own_listener_are_refused() {
     let own = proxy.forward();
 
     let request = format!("GET http://{own}/ HTTP/1.1\r\nHost: {own}\r\nConnection: close\r\n\r\n");
+    let response = wire::send(own, &request).await;
+
+    assert_eq!(response.status, 403, "{}", response.text());
+    assert!(
+        response.text().contains("own listener"),
+        "{}",
+        response.text()
+    );
+}
+
+#[tokio::test]
+async fn a_routed_name_that_leads_back_to_the_proxy_is_refused_before_sending() {
+    let yaml = "listen: 127.0.0.1:0\nasap:\n  issuer: gw\n  kid: gw/ec\n  algorithm: ES256\n  \
+                private_key_file: {keys}/ec-p256.pkcs8.pem\nroutes:\n  - host: localhost\n    audience: a\n";
+    let proxy = ProxyUnderTest::start(yaml).await;
+    let own = proxy.forward();
+
+    let request = format!(
+        "GET http://localhost:{0}/metrics HTTP/1.1\r\nHost: localhost:{0}\r\nConnection: close\r\n\r\n",
+        own.port()
+    );
     let response = wire::send(own, &request).await;
 
     assert_eq!(response.status, 403, "{}", response.text());

@@ -160,7 +160,12 @@ async fn a_new_file_in_the_key_directory_rotates_the_key_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     watching.cancel();
-    assert!(rotated, "the watcher picked up the new key file");
+    let kids: Vec<String> = upstream
+        .seen()
+        .iter()
+        .map(|s| decode_bearer(s.header("authorization").expect("token")).header["kid"].to_string())
+        .collect();
+    assert!(rotated, "the watcher picked up the new key file: {kids:?}");
 }
 
 #[tokio::test]

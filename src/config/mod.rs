@@ -174,10 +174,14 @@ fn split_authority(authority: &http::uri::Authority) -> Result<(Host, Option<u16
     let after_host = text.rsplit_once(']').map_or(text, |(_, rest)| rest);
     let port = match after_host.rsplit_once(':') {
         None => None,
-        Some((_, port)) => match port.parse::<u16>() {
-            Ok(0) | Err(_) => return Err(OriginError::Port),
-            Ok(port) => Some(port),
-        },
+        // `u16::from_str` would also take "+80".
+        Some((_, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            match port.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(OriginError::Port),
+                Ok(port) => Some(port),
+            }
+        }
+        Some(_) => return Err(OriginError::Port),
     };
     Ok((host, port))
 }
@@ -260,6 +264,13 @@ pub fn fingerprint(path: &Path, files: &[PathBuf]) -> [u8; 32] {
         }
     }
     hash.finalize().into()
+}
+
+/// Checks and resolves configuration text that `${NAME}` references must not touch, such
+/// as one made from environment values. `label` names it in errors.
+pub fn parse_text(text: &str, label: &Path) -> Result<Config, Error> {
+    let file = resolve::read_yaml(text, label)?;
+    resolve::resolve(file, label)
 }
 
 /// Checks and resolves configuration text; `path` names it in errors and anchors relative
@@ -371,6 +382,7 @@ mod tests {
             ("http://a.test:0/", OriginError::Port),
             ("http://a.test:/", OriginError::Port),
             ("http://[::1]:/", OriginError::Port),
+            ("http://a.test:+80/", OriginError::Port),
         ];
         for (uri, want) in bad {
             assert_eq!(

@@ -304,6 +304,13 @@ fn clients(ctx: &Ctx<'_>, raw: Option<&Spanned<raw::Clients>>) -> Result<Admissi
         return Ok(Admission::loopback_only());
     };
     let allow = match &raw.value.allow {
+        Some(allow) if allow.is_empty() => {
+            return Err(ctx.at(
+                "clients",
+                raw,
+                "clients.allow is empty, so no client could use the proxy",
+            ));
+        }
         Some(allow) => networks(ctx, "clients.allow", allow)?,
         // Credentials alone admit from anywhere; they are the access control.
         None if !raw.value.users.is_empty() => vec![

@@ -48,6 +48,7 @@ impl Proxy {
                 })?;
             let proxy = self.clone();
             let peer = conn.peer;
+            let handshake = config.timeouts.request_header;
             let upgrade = hyper::upgrade::on(request);
             let span = tracing::debug_span!("intercept", host = %origin.host, port = origin.port);
             let open = self.metrics.tunnel_opened("intercept");
@@ -58,11 +59,13 @@ impl Proxy {
                         Ok(client) => client,
                         Err(err) => return tracing::debug!(error = %err, "CONNECT upgrade failed"),
                     };
-                    let stream = match TlsAcceptor::from(tls).accept(TokioIo::new(client)).await {
-                        Ok(stream) => stream,
-                        Err(err) => {
+                    let accept = TlsAcceptor::from(tls).accept(TokioIo::new(client));
+                    let stream = match tokio::time::timeout(handshake, accept).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
                             return tracing::debug!(error = %err, "client TLS handshake failed");
                         }
+                        Err(_) => return tracing::debug!("client TLS handshake timed out"),
                     };
                     let conn = Conn {
                         peer,
@@ -142,6 +145,15 @@ async fn connect_any(
 
 /// The `host:port` of a CONNECT request; both parts are required.
 fn connect_target(request: &Request<Incoming>) -> Result<Origin, Error> {
-    let authority = request.uri().authority().ok_or(OriginError::NoPort)?;
+    let uri = request.uri();
+    // The authority form only: `CONNECT http://host:443` is malformed.
+    if uri.scheme().is_some()
+        || uri
+            .path_and_query()
+            .is_some_and(|p| !p.as_str().is_empty() && p.as_str() != "/")
+    {
+        return Err(OriginError::NoPort.into());
+    }
+    let authority = uri.authority().ok_or(OriginError::NoPort)?;
     Ok(Origin::from_connect(authority)?)
 }

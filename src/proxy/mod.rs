@@ -270,10 +270,12 @@ fn admit(config: &Config, request: &Request<Incoming>, conn: &Conn) -> Result<()
     if matches!(conn.entry, Entry::Intercepted(_)) {
         return Ok(());
     }
-    match config
-        .clients
-        .admit(conn.peer.ip(), request.headers().get(PROXY_AUTHORIZATION))
-    {
+    let credentials: Vec<&HeaderValue> = request
+        .headers()
+        .get_all(PROXY_AUTHORIZATION)
+        .iter()
+        .collect();
+    match config.clients.admit(conn.peer.ip(), &credentials) {
         Ok(user) => {
             tracing::trace!(user = user.unwrap_or("-"), "client admitted");
             Ok(())
