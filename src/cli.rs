@@ -219,10 +219,17 @@ fn run(source: Source<'_>, log_format: LogFormat) -> anyhow::Result<()> {
         }
     };
     telemetry::init(log_format, config.log_level.as_deref());
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = config.workers {
-        runtime.worker_threads(workers);
-    }
+    // One worker needs no work stealing: the single-threaded scheduler does the same job with
+    // less synchronisation. Signing still runs on the separate blocking pool.
+    let mut runtime = match config.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = runtime
         .enable_all()
         .build()

@@ -31,16 +31,46 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends this proxy to `Via` (RFC 9110 section 7.6.3), keeping earlier entries.
-pub fn append_via(headers: &mut HeaderMap, version: Version, pseudonym: &str) {
-    let protocol = match version {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
-    };
-    if let Ok(value) = HeaderValue::from_str(&format!("{protocol} {pseudonym}")) {
-        headers.append(header::VIA, value);
+/// This proxy's `Via` entries (RFC 9110 section 7.6.3), one per protocol version, made
+/// once rather than for every message.
+#[derive(Clone, Debug)]
+pub struct Via {
+    pseudonym: String,
+    http10: HeaderValue,
+    http11: HeaderValue,
+    http2: HeaderValue,
+    http3: HeaderValue,
+}
+
+impl Via {
+    /// `pseudonym` must be a header-safe token, such as `asap-proxy-0a1b2c3d`.
+    pub fn new(pseudonym: String) -> Via {
+        let entry = |protocol: &str| {
+            HeaderValue::try_from(format!("{protocol} {pseudonym}"))
+                .unwrap_or(HeaderValue::from_static("1.1 asap-proxy"))
+        };
+        Via {
+            http10: entry("1.0"),
+            http11: entry("1.1"),
+            http2: entry("2"),
+            http3: entry("3"),
+            pseudonym,
+        }
+    }
+
+    pub fn pseudonym(&self) -> &str {
+        &self.pseudonym
+    }
+
+    /// Appends this proxy's entry for a message received over `version`, keeping earlier ones.
+    pub fn append(&self, headers: &mut HeaderMap, version: Version) {
+        let entry = match version {
+            Version::HTTP_10 => &self.http10,
+            Version::HTTP_2 => &self.http2,
+            Version::HTTP_3 => &self.http3,
+            _ => &self.http11,
+        };
+        headers.append(header::VIA, entry.clone());
     }
 }
 
@@ -54,13 +84,6 @@ pub fn via_names(headers: &HeaderMap, pseudonym: &str) -> bool {
         .flat_map(|value| value.split(','))
         .filter_map(|entry| entry.split_whitespace().nth(1))
         .any(|received_by| received_by.eq_ignore_ascii_case(pseudonym))
-}
-
-/// `Bearer <token>`, marked sensitive so that it is never printed or compressed into tables.
-pub fn bearer(token: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 /// Sets `Host` to the upstream authority, replacing any value the client sent.
@@ -129,7 +152,7 @@ mod tests {
     #[test]
     fn via_appends() {
         let mut headers = map(&[("via", "1.0 fred")]);
-        append_via(&mut headers, Version::HTTP_11, "asap-proxy");
+        Via::new("asap-proxy".to_owned()).append(&mut headers, Version::HTTP_11);
         let vias: Vec<_> = headers.get_all(header::VIA).iter().collect();
         assert_eq!(vias, ["1.0 fred", "1.1 asap-proxy"]);
     }
@@ -144,14 +167,5 @@ mod tests {
         assert!(!via_names(&headers, "asap-proxy-ffffffff"));
         assert!(!via_names(&headers, "fred "));
         assert!(!via_names(&map(&[]), "asap-proxy-0a0b0c0d"));
-    }
-
-    #[test]
-    fn bearer_is_sensitive() {
-        let value = bearer("t.o.k").expect("valid token");
-        assert_eq!(value, "Bearer t.o.k");
-        assert!(value.is_sensitive());
-        assert_eq!(format!("{value:?}"), "Sensitive");
-        assert!(bearer("bad\ntoken").is_err());
     }
 }

@@ -62,7 +62,7 @@ pub struct Proxy {
     /// The proxy's own listeners, never a destination.
     own_listeners: Vec<SocketAddr>,
     /// Unique per process, so a request that comes back through this proxy is recognised.
-    pseudonym: String,
+    via: headers::Via,
     /// Tunnels and intercepted connections, which outlive the request that opened them.
     tunnels: TaskTracker,
 }
@@ -102,7 +102,7 @@ impl Proxy {
             state: ArcSwap::from_pointee(state),
             metrics,
             own_listeners,
-            pseudonym,
+            via: headers::Via::new(pseudonym),
             tunnels: TaskTracker::new(),
         })
     }
@@ -168,7 +168,7 @@ impl Proxy {
         record: &mut access::Record,
     ) -> Result<Response<Body>, Error> {
         admit(&state.config, &request, conn)?;
-        if headers::via_names(request.headers(), &self.pseudonym) {
+        if headers::via_names(request.headers(), self.via.pseudonym()) {
             return Err(Error::Loop);
         }
         if request.method() == Method::CONNECT {
@@ -236,7 +236,7 @@ impl Proxy {
                 .headers
                 .insert(http::header::AUTHORIZATION, authorization);
         }
-        headers::append_via(&mut parts.headers, client_version, &self.pseudonym);
+        self.via.append(&mut parts.headers, client_version);
 
         let request = Request::from_parts(parts, record.count_request(body));
         let scope = match (route, origin.host.ip()) {
@@ -260,7 +260,7 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         let upstream_version = parts.version;
         headers::remove_hop_by_hop(&mut parts.headers);
-        headers::append_via(&mut parts.headers, upstream_version, &self.pseudonym);
+        self.via.append(&mut parts.headers, upstream_version);
         Ok(Response::from_parts(parts, body::stream(body)))
     }
 }
@@ -369,7 +369,7 @@ async fn authorization(
         Error::Mint { route: route.index }
     };
     let (token, provenance) = route.minter.token().await.map_err(|e| refused(&e))?;
-    let value = headers::bearer(token.as_str()).map_err(|e| refused(&e))?;
+    let value = token.authorization().clone();
     let algorithm = route.minter.spec().algorithm();
     metrics.token(route.index, algorithm.as_str(), provenance.as_str());
     Ok((value, provenance))

@@ -126,6 +126,8 @@ pub enum SignError {
     Clock,
     #[error("token encoding failed: {0}")]
     Json(serde_json::Error),
+    #[error("token encoding failed: not a valid header value")]
+    Encoding,
 }
 
 impl From<KeyError> for SignError {

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderValue;
 use serde_json::{Map, Value, json};
 
 use super::key::SignError;
@@ -18,15 +19,25 @@ const JTI_BYTES: usize = 16;
 /// Its `Debug` prints only the expiry: the token is a credential until then.
 #[derive(Clone)]
 pub struct Token {
-    value: String,
+    /// `Bearer <token>`, built once: a reused token is copied into many requests, and this
+    /// makes each copy a reference count. Marked sensitive, so it is never printed.
+    header: HeaderValue,
     issued_at: SystemTime,
     expires_at: SystemTime,
 }
 
+const BEARER: &str = "Bearer ";
+
 impl Token {
     /// The compact serialisation `header.claims.signature`.
     pub fn as_str(&self) -> &str {
-        &self.value
+        // Built from ASCII in `mint`, so the conversion cannot fail.
+        self.header.to_str().map_or("", |h| &h[BEARER.len()..])
+    }
+
+    /// The `Authorization` value carrying this token.
+    pub fn authorization(&self) -> &HeaderValue {
+        &self.header
     }
 
     /// The `iat` (and `nbf`) instant, whole seconds.
@@ -74,15 +85,21 @@ pub fn mint(spec: &TokenSpec, now: SystemTime) -> Result<Token, SignError> {
     let claims = claims(spec, iat, exp, &new_jti()?)?;
 
     let mut value = String::with_capacity(1024);
+    value.push_str(BEARER);
     URL_SAFE_NO_PAD.encode_string(serde_json::to_vec(&header)?, &mut value);
     value.push('.');
     URL_SAFE_NO_PAD.encode_string(serde_json::to_vec(&claims)?, &mut value);
-    let signature = spec.key().sign(spec.algorithm(), value.as_bytes())?;
+    let signature = spec
+        .key()
+        .sign(spec.algorithm(), &value.as_bytes()[BEARER.len()..])?;
     value.push('.');
     URL_SAFE_NO_PAD.encode_string(signature, &mut value);
 
+    // Base64url and dots only, so always a valid header value.
+    let mut header = HeaderValue::try_from(value).map_err(|_| SignError::Encoding)?;
+    header.set_sensitive(true);
     Ok(Token {
-        value,
+        header,
         issued_at: UNIX_EPOCH + Duration::from_secs(iat),
         expires_at: UNIX_EPOCH + Duration::from_secs(exp),
     })

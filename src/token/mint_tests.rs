@@ -160,3 +160,16 @@ fn a_clock_before_1970_is_an_error() {
     let before = UNIX_EPOCH - Duration::from_secs(1);
     assert!(matches!(mint(&spec(), before), Err(SignError::Clock)));
 }
+
+#[test]
+fn the_authorization_value_is_sensitive_and_carries_the_token() {
+    let token = mint(&spec(), now()).expect("mint");
+    let header = token.authorization();
+    assert!(header.is_sensitive());
+    assert_eq!(format!("{header:?}"), "Sensitive");
+    assert_eq!(
+        header.to_str().expect("ascii"),
+        format!("Bearer {}", token.as_str())
+    );
+    assert_eq!(token.as_str().split('.').count(), 3);
+}
