@@ -11,7 +11,11 @@ use std::net::IpAddr;
 /// A normalised host: lowercase, no trailing dot, IP literals in canonical form without
 /// brackets.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Host(String);
+pub struct Host {
+    name: String,
+    /// The address, for IP literals: parsed once, asked for on every request.
+    ip: Option<IpAddr>,
+}
 
 impl Host {
     /// Normalises a host as it appears in a URI authority (`Example.COM.`, `[::1]`).
@@ -21,7 +25,10 @@ impl Host {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(raw);
         if let Ok(ip) = unbracketed.parse::<IpAddr>() {
-            return Ok(Host(ip.to_string()));
+            return Ok(Host {
+                name: ip.to_string(),
+                ip: Some(ip),
+            });
         }
         let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
         let valid_label = |label: &str| {
@@ -34,23 +41,23 @@ impl Host {
         if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
             return Err(HostError::Invalid);
         }
-        Ok(Host(name))
+        Ok(Host { name, ip: None })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
     }
 
     pub fn ip(&self) -> Option<IpAddr> {
-        self.0.parse().ok()
+        self.ip
     }
 }
 
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.ip() {
-            Some(IpAddr::V6(_)) => write!(f, "[{}]", self.0),
-            _ => f.write_str(&self.0),
+            Some(IpAddr::V6(_)) => write!(f, "[{}]", self.name),
+            _ => f.write_str(&self.name),
         }
     }
 }
@@ -79,9 +86,9 @@ impl HostPattern {
             HostPattern::Subdomains(parent) => {
                 host.ip().is_none() && {
                     let name = host.as_str();
-                    name.len() > parent.0.len() + 1
+                    name.len() > parent.name.len() + 1
                         && name.ends_with(parent.as_str())
-                        && name.as_bytes()[name.len() - parent.0.len() - 1] == b'.'
+                        && name.as_bytes()[name.len() - parent.name.len() - 1] == b'.'
                 }
             }
         }

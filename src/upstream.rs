@@ -110,9 +110,9 @@ impl Client {
         &self,
         request: Request<RequestBody>,
         origin: &Origin,
+        authority: &str,
         scope: Scope,
     ) -> Result<Response<Incoming>, Error> {
-        let authority = origin.authority();
         // The connector connects to IP literals without asking the resolver.
         if let Some(ip) = origin.host.ip() {
             self.policy.check(SocketAddr::new(ip, origin.port), scope)?;
@@ -123,8 +123,10 @@ impl Client {
         };
         match tokio::time::timeout(self.response_timeout, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(Error::from_upstream(&authority, &err)),
-            Err(_) => Err(Error::ResponseTimeout { authority }),
+            Ok(Err(err)) => Err(Error::from_upstream(authority, &err)),
+            Err(_) => Err(Error::ResponseTimeout {
+                authority: authority.to_owned(),
+            }),
         }
     }
 }

@@ -246,7 +246,7 @@ impl Proxy {
             (None, _) => Scope::Unrouted,
         };
         let sent = Instant::now();
-        let response = state.client.send(request, &origin, scope).await;
+        let response = state.client.send(request, &origin, &authority, scope).await;
         self.metrics.upstream_latency(record.route, sent.elapsed());
         let response = response.inspect_err(|err| self.metrics.upstream_error(err.kind()))?;
 
