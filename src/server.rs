@@ -6,8 +6,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 
+use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -272,9 +275,7 @@ fn tunnel_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX))
-        // Pings find dead peers; TODO(#4): close idle HTTP/2 connections inside tunnels.
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
 
@@ -296,8 +297,10 @@ fn service(
     })
 }
 
-/// Serves one already-accepted connection, such as the decrypted inside of an intercepted
-/// tunnel, until the client closes it.
+/// Serves the decrypted inside of an intercepted tunnel until the client closes it, or until
+/// it has had no request in flight for the request-head timeout. HTTP/2 has no timer of its
+/// own for that, so idle connections are watched here. The task runs in the proxy's tunnel
+/// set, which the drain on shutdown waits for.
 ///
 /// Boxed with `Send` spelled out: the pipeline calls this from inside a request, so its
 /// future type would otherwise contain itself.
@@ -310,10 +313,114 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     Box::pin(async move {
-        let builder = tunnel_builder(&proxy.config());
-        // TODO(#4): let intercepted connections finish within the drain deadline.
-        if let Err(err) = builder.serve_connection(io, service(proxy, conn)).await {
-            tracing::debug!(error = %err, "connection ended with an error");
+        let config = proxy.config();
+        let idle_after = config.timeouts.request_header;
+        let builder = tunnel_builder(&config);
+        let activity = Arc::new(Activity::new());
+        let service = {
+            let activity = activity.clone();
+            let conn = Arc::new(conn);
+            service_fn(move |request| {
+                let in_flight = activity.begin();
+                let proxy = proxy.clone();
+                let conn = conn.clone();
+                async move {
+                    let response = proxy.handle(request, &conn).await;
+                    Ok::<_, std::convert::Infallible>(response.map(|inner| {
+                        Tracked {
+                            inner,
+                            _in_flight: in_flight,
+                        }
+                        .boxed()
+                    }))
+                }
+            })
+        };
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        let mut check = tokio::time::interval((idle_after / 4).max(Duration::from_millis(50)));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                ended = connection.as_mut() => {
+                    if let Err(err) = ended {
+                        tracing::debug!(error = %err, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = check.tick(), if !closing => {
+                    if activity.idle_for().is_some_and(|idle| idle >= idle_after) {
+                        tracing::debug!("closing an idle intercepted connection");
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
         }
     })
+}
+
+/// Requests in flight on one connection, and since when there have been none.
+struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: std::sync::Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// How long the connection has been without a request in flight, if it is.
+    fn idle_for(&self) -> Option<Duration> {
+        let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        (self.in_flight.load(Ordering::SeqCst) == 0).then(|| since.elapsed())
+    }
+}
+
+/// One request, from its head until its response body is done.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> http_body::Body for Tracked<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -331,3 +331,60 @@ async fn ipv6_literal_authority_tunnels() {
     stream.write_all(b"ping").await.expect("write");
     assert_eq!(accept.await.expect("server"), b"ping");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_inside_a_tunnel_are_closed() {
+    let upstream_ca = TestCa::new();
+    let upstream =
+        MockUpstream::recording_tls(&upstream_ca, &[b"h2", b"http/1.1"], upstream::ok).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream_ca_file = upstream_ca.write_ca(dir.path());
+    let port = upstream.addr.port();
+    let asap = format!("{EC_ASAP}timeouts:\n  request_header_seconds: 0.3\n");
+    let proxy = intercepting_proxy(dir.path(), port, &upstream_ca_file, &asap).await;
+
+    let (stream, head) = open_tunnel(proxy.forward(), &format!("localhost:{port}"), b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(dir.path().join("proxy-ca.pem")).expect("proxy CA");
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
+        roots.add(cert.expect("certificate")).expect("root");
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, stream)
+        .await
+        .expect("TLS with the interception leaf");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    let closed = tokio::spawn(connection);
+
+    let request = http::Request::get(format!("https://localhost:{port}/once"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    drop(response);
+
+    // Nothing more is sent: the proxy closes the connection once it has been idle.
+    tokio::time::timeout(STALL, closed)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .expect("task")
+        .expect("a clean close");
+    assert_eq!(upstream.seen().len(), 1);
+}
