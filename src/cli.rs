@@ -165,6 +165,14 @@ pub fn main() -> ExitCode {
     }
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        // `asap-proxy check | head` closes the pipe early; that is not a failure.
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) if err.is::<config::Error>() => {
             eprintln!("asap-proxy: invalid configuration: {err}");
             ExitCode::from(EXIT_CONFIG)

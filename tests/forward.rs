@@ -534,3 +534,40 @@ async fn idle_keep_alive_connections_are_closed() {
         .expect("read");
     assert!(rest.is_empty());
 }
+
+#[tokio::test]
+async fn an_http_1_0_upstream_does_not_end_the_clients_keep_alive() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                    .await;
+            });
+        }
+    });
+    let proxy = ProxyUnderTest::start(&config(addr.port(), "")).await;
+    let mut stream = TcpStream::connect(proxy.forward()).await.expect("connect");
+    let request = format!("GET http://{addr}/ HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+
+    for _ in 0..2 {
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send on the same connection");
+        let response = wire::read_response(&mut stream).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "ok\n");
+        assert_eq!(
+            response.minor_version, 1,
+            "the proxy answers in its own version, HTTP/1.1"
+        );
+        assert_ne!(response.header("connection"), Some("close"));
+    }
+}

@@ -92,7 +92,7 @@ impl Record {
             status = self.status,
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = self.started.elapsed().as_micros() as f64 / 1000.0,
             token = self.token,
             error = self.error.unwrap_or("-"),
         );

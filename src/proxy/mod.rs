@@ -259,6 +259,9 @@ impl Proxy {
         }
         let (mut parts, body) = response.into_parts();
         let upstream_version = parts.version;
+        // An intermediary speaks its own HTTP version: an HTTP/1.0 upstream must not end the
+        // client's keep-alive connection.
+        parts.version = client_version;
         headers::remove_hop_by_hop(&mut parts.headers);
         self.via.append(&mut parts.headers, upstream_version);
         Ok(Response::from_parts(parts, body::stream(body)))

@@ -8,6 +8,8 @@ use tokio::net::TcpStream;
 
 #[derive(Debug)]
 pub struct RawResponse {
+    /// The minor version of the status line: 1 for HTTP/1.1.
+    pub minor_version: u8,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -51,6 +53,7 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
             response.parse(&buf).expect("valid response head")
         {
             let status = response.code.expect("status");
+            let minor_version = response.version.expect("version");
             let headers: Vec<(String, String)> = response
                 .headers
                 .iter()
@@ -80,6 +83,7 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
                 None => while read_more(stream, &mut body, deadline).await > 0 {},
             }
             return RawResponse {
+                minor_version,
                 status,
                 headers,
                 body,
