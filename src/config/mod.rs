@@ -4,8 +4,10 @@
 //! checks every value, loads the keys and compiles the route table. Any error names the file,
 //! the line and column when known, and the key path, and no part of a bad file is used.
 
+mod gateway;
 mod raw;
 mod resolve;
+mod route;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! Turns the raw YAML mirror into a checked `Config`: values, keys, routes.
+//! Turns the raw YAML mirror into a checked `Config`: listeners, timeouts and TLS here;
+//! routes and their keys in `route`, client admission and limits in `gateway`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -9,16 +10,13 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
+use super::gateway::{clients, limits, networks, refuse_exposed_listeners};
 use super::raw;
-use ipnet::IpNet;
+use super::route::{KeyCache, resolve_route};
 
-use super::{
-    Config, Destinations, Error, Limits, Origin, Reverse, Route, Timeouts, Tls, Unmatched,
-};
-use crate::clients::{Admission, User};
-use crate::routes::{self, Rule};
+use super::{Config, Destinations, Error, Origin, Reverse, Timeouts, Tls, Unmatched};
+use crate::routes;
 use crate::tls::intercept::{self, Authority};
-use crate::token::{Algorithm, Minter, SigningKey, SpecFields, TokenSpec};
 
 /// Parses YAML text into the raw mirror, locating any error by line, column and key path.
 pub(super) fn read_yaml(text: &str, path: &Path) -> Result<raw::File, Error> {
@@ -60,15 +58,15 @@ pub(super) fn read_yaml(text: &str, path: &Path) -> Result<raw::File, Error> {
 }
 
 /// Builds errors that point into one file.
-struct Ctx<'a> {
-    file: &'a Path,
+pub(super) struct Ctx<'a> {
+    pub(super) file: &'a Path,
     base_dir: PathBuf,
     /// Files read while resolving, for reloads to watch.
-    read: RefCell<Vec<PathBuf>>,
+    pub(super) read: RefCell<Vec<PathBuf>>,
 }
 
 impl Ctx<'_> {
-    fn error(
+    pub(super) fn error(
         &self,
         key: impl Into<String>,
         at: Option<&Location>,
@@ -82,7 +80,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn at<T>(
+    pub(super) fn at<T>(
         &self,
         key: impl Into<String>,
         value: &Spanned<T>,
@@ -93,7 +91,7 @@ impl Ctx<'_> {
 
     /// Relative paths in the file are relative to the file's own directory. The path is
     /// remembered as one the configuration depends on.
-    fn path(&self, value: &str) -> PathBuf {
+    pub(super) fn path(&self, value: &str) -> PathBuf {
         let path = self.base_dir.join(value);
         self.read.borrow_mut().push(path.clone());
         path
@@ -280,162 +278,6 @@ pub(super) fn resolve(file: raw::File, path: &Path) -> Result<Config, Error> {
     })
 }
 
-fn networks(ctx: &Ctx<'_>, key: &str, raw: &[Spanned<String>]) -> Result<Vec<IpNet>, Error> {
-    raw.iter()
-        .enumerate()
-        .map(|(i, net)| {
-            // A bare address is a network of one.
-            net.value
-                .parse::<IpNet>()
-                .or_else(|_| net.value.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    ctx.at(
-                        format!("{key}[{i}]"),
-                        net,
-                        format!("{:?} is not a CIDR such as 10.0.0.0/8", net.value),
-                    )
-                })
-        })
-        .collect()
-}
-
-fn clients(ctx: &Ctx<'_>, raw: Option<&Spanned<raw::Clients>>) -> Result<Admission, Error> {
-    let Some(raw) = raw else {
-        return Ok(Admission::loopback_only());
-    };
-    let allow = match &raw.value.allow {
-        Some(allow) if allow.is_empty() => {
-            return Err(ctx.at(
-                "clients",
-                raw,
-                "clients.allow is empty, so no client could use the proxy",
-            ));
-        }
-        Some(allow) => networks(ctx, "clients.allow", allow)?,
-        // Credentials alone admit from anywhere; they are the access control.
-        None if !raw.value.users.is_empty() => vec![
-            "0.0.0.0/0".parse().expect("valid"),
-            "::/0".parse().expect("valid"),
-        ],
-        None => {
-            return Err(ctx.at(
-                "clients",
-                raw,
-                "set allow (client networks), users (credentials), or both",
-            ));
-        }
-    };
-    let mut users = Vec::with_capacity(raw.value.users.len());
-    for (i, user) in raw.value.users.iter().enumerate() {
-        let here = format!("clients.users[{i}]");
-        let password = match (&user.password_env, &user.password_file) {
-            (Some(var), None) => std::env::var(&var.value).map_err(|_| {
-                ctx.at(
-                    format!("{here}.password_env"),
-                    var,
-                    format!("the environment variable {} is not set", var.value),
-                )
-            })?,
-            (None, Some(file)) => {
-                let path = ctx.path(&file.value);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ctx.at(
-                        format!("{here}.password_file"),
-                        file,
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                // Secret files conventionally end with a newline that is not part of the secret.
-                text.trim_end_matches(['\r', '\n']).to_owned()
-            }
-            _ => {
-                return Err(ctx.at(
-                    here,
-                    &user.name,
-                    "set exactly one of password_env and password_file",
-                ));
-            }
-        };
-        let password = zeroize::Zeroizing::new(password);
-        if password.is_empty() || user.name.value.is_empty() || user.name.value.contains(':') {
-            return Err(ctx.at(
-                here,
-                &user.name,
-                "the name must be non-empty without ':', and the password non-empty",
-            ));
-        }
-        users.push(User::new(user.name.value.clone(), &password));
-    }
-    Ok(Admission::new(allow, users))
-}
-
-/// Anyone who can reach a listener can act as the configured services, so a listener on a
-/// non-loopback address needs an explicit `clients` section.
-fn refuse_exposed_listeners(
-    ctx: &Ctx<'_>,
-    listen: Option<SocketAddr>,
-    reverse: &[Reverse],
-) -> Result<(), Error> {
-    let listeners = listen.map(|a| ("listen".to_owned(), a)).into_iter().chain(
-        reverse
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (format!("reverse[{i}].listen"), r.listen)),
-    );
-    for (key, addr) in listeners {
-        if !addr.ip().is_loopback() {
-            return Err(ctx.error(
-                key,
-                None,
-                format!(
-                    "{addr} is reachable from other machines, and whoever reaches it can sign \
-                     requests as the configured services: add a clients section (allow: client \
-                     networks, users: credentials); for an open proxy, allow 0.0.0.0/0 and ::/0 \
-                     explicitly"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn limits(ctx: &Ctx<'_>, raw: Option<&raw::Limits>) -> Result<Limits, Error> {
-    let mut limits = Limits::default();
-    let Some(raw) = raw else { return Ok(limits) };
-    let fields = [
-        (
-            "limits.max_connections",
-            &raw.max_connections,
-            &mut limits.max_connections,
-            1,
-            1_000_000,
-        ),
-        (
-            "limits.max_header_bytes",
-            &raw.max_header_bytes,
-            &mut limits.max_header_bytes,
-            8192,
-            1 << 24,
-        ),
-        (
-            "limits.max_headers",
-            &raw.max_headers,
-            &mut limits.max_headers,
-            1,
-            10_000,
-        ),
-    ];
-    for (key, value, slot, min, max) in fields {
-        if let Some(value) = value {
-            *slot = usize::try_from(value.value)
-                .ok()
-                .filter(|v| (min..=max).contains(v))
-                .ok_or_else(|| ctx.at(key, value, format!("must be from {min} to {max}")))?;
-        }
-    }
-    Ok(limits)
-}
-
 fn connect_ports(ctx: &Ctx<'_>, raw: Option<&[Spanned<i64>]>) -> Result<Vec<u16>, Error> {
     let Some(raw) = raw else { return Ok(vec![443]) };
     raw.iter()
@@ -580,7 +422,7 @@ fn timeouts(ctx: &Ctx<'_>, raw: Option<&raw::Timeouts>) -> Result<Timeouts, Erro
 }
 
 /// A number of seconds, above 0 (or 0 itself when `zero_ok`) and at most a day.
-fn seconds(
+pub(super) fn seconds(
     ctx: &Ctx<'_>,
     key: &str,
     value: &Spanned<f64>,
@@ -597,319 +439,4 @@ fn seconds(
                 format!("must be a number of seconds {least} and at most 86400"),
             )
         })
-}
-
-/// Parsed keys by where they were configured, so a key shared by many routes loads once.
-#[derive(Default)]
-struct KeyCache {
-    keys: HashMap<String, (Arc<SigningKey>, Option<String>)>,
-}
-
-/// One `asap` setting after merging defaults with a route's overrides, with the key path
-/// of the level it came from.
-struct Setting<'a, T> {
-    key: String,
-    value: &'a Spanned<T>,
-}
-
-fn pick<'a, T>(
-    route: Option<&'a raw::Asap>,
-    route_key: &str,
-    defaults: Option<&'a raw::Asap>,
-    field: &str,
-    get: impl Fn(&'a raw::Asap) -> Option<&'a Spanned<T>>,
-) -> Option<Setting<'a, T>> {
-    if let Some(value) = route.and_then(&get) {
-        return Some(Setting {
-            key: format!("{route_key}.{field}"),
-            value,
-        });
-    }
-    defaults.and_then(get).map(|value| Setting {
-        key: format!("asap.{field}"),
-        value,
-    })
-}
-
-fn resolve_route(
-    ctx: &Ctx<'_>,
-    keys: &mut KeyCache,
-    defaults: Option<&raw::Asap>,
-    index: usize,
-    route: &raw::Route,
-) -> Result<(Rule, Route), Error> {
-    let here = format!("routes[{index}]");
-    let asap_key = format!("{here}.asap");
-    let own = route.asap.as_ref();
-    let setting = |field: &str, get: fn(&raw::Asap) -> Option<&Spanned<String>>| {
-        pick(own, &asap_key, defaults, field, get)
-    };
-    let missing = |field: &str| {
-        ctx.error(
-            format!("{asap_key}.{field}"),
-            Some(&route.host.referenced),
-            format!("no {field} for this route: set asap.{field}, or {field} in the route's own asap section"),
-        )
-    };
-
-    let (host, port) = Rule::parse_host(&route.host.value).map_err(|e| {
-        ctx.at(
-            format!("{here}.host"),
-            &route.host,
-            format!("{:?}: {e}", route.host.value),
-        )
-    })?;
-    let path_prefix = match &route.path_prefix {
-        None => None,
-        Some(p)
-            if p.value.starts_with('/')
-                && !p.value.contains(['?', '#'])
-                && !routes::has_dot_segments(&p.value) =>
-        {
-            Some(p.value.clone())
-        }
-        Some(p) => {
-            return Err(ctx.at(
-                format!("{here}.path_prefix"),
-                p,
-                "must start with / and contain no query, fragment, . or .. segment",
-            ));
-        }
-    };
-
-    let audience = match &route.audience {
-        None => {
-            return Err(ctx.error(
-                format!("{here}.audience"),
-                Some(&route.host.referenced),
-                "every route needs an audience: the name the upstream service expects in `aud`",
-            ));
-        }
-        Some(a) => a.value.0.clone(),
-    };
-
-    let issuer = setting("issuer", |a| a.issuer.as_ref()).ok_or_else(|| missing("issuer"))?;
-    let algorithm_setting =
-        setting("algorithm", |a| a.algorithm.as_ref()).ok_or_else(|| missing("algorithm"))?;
-    let algorithm: Algorithm = algorithm_setting.value.value.parse().map_err(|e| {
-        ctx.at(
-            &algorithm_setting.key,
-            algorithm_setting.value,
-            format!("{e}"),
-        )
-    })?;
-
-    let (key, key_kid, key_setting) =
-        load_key(ctx, keys, own, &asap_key, defaults, &issuer.value.value)?;
-    let kid_setting = setting("kid", |a| a.kid.as_ref());
-    let kid = match (&kid_setting, key_kid) {
-        (Some(k), Some(from_key)) if k.value.value != from_key => {
-            return Err(ctx.at(
-                &k.key,
-                k.value,
-                format!(
-                    "kid {:?} differs from the kid {from_key:?} in the key's data URI",
-                    k.value.value
-                ),
-            ));
-        }
-        (Some(k), _) => k.value.value.clone(),
-        (None, Some(from_key)) => from_key,
-        (None, None) => return Err(missing("kid")),
-    };
-
-    if let Err(e) = key.check_algorithm(algorithm) {
-        return Err(ctx.at(
-            &algorithm_setting.key,
-            algorithm_setting.value,
-            format!("{e} (key from {})", key_setting),
-        ));
-    }
-
-    let expiry = pick(own, &asap_key, defaults, "expiry", |a| a.expiry.as_ref());
-    let lifetime = match &expiry {
-        None => Duration::from_secs(3600),
-        Some(e) if (1..=3600).contains(&e.value.value) => {
-            Duration::from_secs(e.value.value.unsigned_abs())
-        }
-        Some(e) => return Err(ctx.at(&e.key, e.value, "must be between 1 and 3600 seconds")),
-    };
-    let claims = pick(own, &asap_key, defaults, "additional_claims", |a| {
-        a.additional_claims.as_ref()
-    });
-    let additional_claims = claims
-        .as_ref()
-        .map(|c| c.value.value.clone().into_iter().collect())
-        .unwrap_or_default();
-    let reuse = own
-        .and_then(|a| a.reuse)
-        .or(defaults.and_then(|a| a.reuse))
-        .unwrap_or(true);
-
-    let subject = setting("subject", |a| a.subject.as_ref());
-    let spec = TokenSpec::new(SpecFields {
-        algorithm,
-        kid,
-        issuer: issuer.value.value.clone(),
-        subject: subject.as_ref().map(|s| s.value.value.clone()),
-        audience,
-        lifetime,
-        additional_claims,
-        key,
-    })
-    .map_err(|e| {
-        // Point at the setting the error is about, falling back to the route itself.
-        let (key, at) = match e.field() {
-            "kid" => kid_setting
-                .as_ref()
-                .map_or((format!("{asap_key}.kid"), None), |k| {
-                    (k.key.clone(), Some(&k.value.referenced))
-                }),
-            "issuer" => (issuer.key.clone(), Some(&issuer.value.referenced)),
-            "subject" => subject
-                .as_ref()
-                .map_or((format!("{asap_key}.subject"), None), |s| {
-                    (s.key.clone(), Some(&s.value.referenced))
-                }),
-            "audience" => (
-                format!("{here}.audience"),
-                route.audience.as_ref().map(|a| &a.referenced),
-            ),
-            "additional_claims" => claims
-                .as_ref()
-                .map_or((format!("{asap_key}.additional_claims"), None), |c| {
-                    (c.key.clone(), Some(&c.value.referenced))
-                }),
-            _ => (asap_key.clone(), None),
-        };
-        ctx.error(key, at.or(Some(&route.host.referenced)), e.to_string())
-    })?;
-
-    let rule = Rule {
-        host,
-        port,
-        path_prefix,
-    };
-    let route = Route {
-        index,
-        upstream_tls: route.upstream_tls,
-        minter: Arc::new(Minter::new(Arc::new(spec), reuse)),
-    };
-    Ok((rule, route))
-}
-
-/// Loads the route's key: from the route's own `asap` if it names a key source there, else
-/// from the defaults. Returns the key, a kid carried by a data URI, and the key path used.
-fn load_key(
-    ctx: &Ctx<'_>,
-    cache: &mut KeyCache,
-    own: Option<&raw::Asap>,
-    own_key: &str,
-    defaults: Option<&raw::Asap>,
-    issuer: &str,
-) -> Result<(Arc<SigningKey>, Option<String>, String), Error> {
-    let level = [(own, own_key), (defaults, "asap")]
-        .into_iter()
-        .find_map(|(asap, key)| asap.filter(|a| has_key_source(a)).map(|a| (a, key)));
-    let Some((asap, level_key)) = level else {
-        return Err(ctx.error(
-            format!("{own_key}.private_key_file"),
-            None,
-            "no private key: set one of private_key_file, private_key, private_key_env or private_key_dir",
-        ));
-    };
-
-    let sources = [
-        ("private_key_file", &asap.private_key_file),
-        ("private_key", &asap.private_key),
-        ("private_key_env", &asap.private_key_env),
-        ("private_key_dir", &asap.private_key_dir),
-    ];
-    let mut given = sources
-        .iter()
-        .filter_map(|(name, v)| v.as_ref().map(|v| (*name, v)));
-    let (field, value) = given.next().expect("has_key_source found one");
-    let setting_key = format!("{level_key}.{field}");
-    if let Some((other, v)) = given.next() {
-        return Err(ctx.at(
-            format!("{level_key}.{other}"),
-            v,
-            format!(
-                "set only one of private_key_file, private_key, private_key_env and private_key_dir ({field} is set too)"
-            ),
-        ));
-    }
-    // A key directory holds a key per issuer.
-    let cache_key = format!("{setting_key} {issuer}");
-    if let Some((key, kid)) = cache.keys.get(&cache_key) {
-        return Ok((key.clone(), kid.clone(), setting_key));
-    }
-
-    let mut dir_kid = None;
-    let text = zeroize::Zeroizing::new(match field {
-        "private_key_file" => {
-            let path = ctx.path(&value.value);
-            std::fs::read_to_string(&path).map_err(|e| {
-                ctx.at(
-                    &setting_key,
-                    value,
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?
-        }
-        "private_key_env" => std::env::var(&value.value).map_err(|_| {
-            ctx.at(
-                &setting_key,
-                value,
-                format!(
-                    "the environment variable {} is not set or not valid UTF-8",
-                    value.value
-                ),
-            )
-        })?,
-        "private_key_dir" => {
-            let (path, kid) = active_key(ctx, &ctx.path(&value.value), issuer)
-                .map_err(|why| ctx.at(&setting_key, value, why))?;
-            dir_kid = Some(kid);
-            std::fs::read_to_string(&path).map_err(|e| {
-                ctx.at(
-                    &setting_key,
-                    value,
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?
-        }
-        _ => value.value.clone(),
-    });
-    let parsed =
-        SigningKey::parse(&text).map_err(|e| ctx.at(&setting_key, value, e.to_string()))?;
-    let kid = dir_kid.or(parsed.kid);
-    let key = Arc::new(parsed.key);
-    cache.keys.insert(cache_key, (key.clone(), kid.clone()));
-    Ok((key, kid, setting_key))
-}
-
-fn has_key_source(asap: &raw::Asap) -> bool {
-    asap.private_key_file.is_some()
-        || asap.private_key.is_some()
-        || asap.private_key_env.is_some()
-        || asap.private_key_dir.is_some()
-}
-
-/// The key directory convention of ASAP tooling: `<dir>/<issuer>/<name>.pem`, the last name
-/// in order is the active key, and its kid is `<issuer>/<name>.pem`. Adding a later file
-/// rotates the key.
-fn active_key(ctx: &Ctx<'_>, dir: &Path, issuer: &str) -> Result<(PathBuf, String), String> {
-    let issuer_dir = dir.join(issuer);
-    ctx.read.borrow_mut().push(issuer_dir.clone());
-    let entries = std::fs::read_dir(&issuer_dir)
-        .map_err(|e| format!("cannot read {}: {e}", issuer_dir.display()))?;
-    let newest = entries
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.path().is_file())
-        .filter_map(|entry| entry.file_name().into_string().ok())
-        .filter(|name| name.ends_with(".pem") && !name.starts_with('.'))
-        .max()
-        .ok_or_else(|| format!("{} holds no .pem key", issuer_dir.display()))?;
-    Ok((issuer_dir.join(&newest), format!("{issuer}/{newest}")))
 }
