@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Startup};
 
 /// File events come in bursts (an editor's write, a Kubernetes volume swap): wait for quiet.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -74,20 +74,14 @@ pub async fn watch(path: PathBuf, proxy: Arc<Proxy>, shutdown: CancellationToken
 
 /// Loads the file again and, if it passes every check, puts it in place.
 pub fn reload(path: &Path, proxy: &Proxy) -> bool {
-    let current = proxy.config();
     let ok = match config::load(path) {
         Ok(new) => {
-            if new.listen != current.listen
-                || new.admin != current.admin
-                || new.limits.max_connections != current.limits.max_connections
-                || new
-                    .reverse
-                    .iter()
-                    .map(|r| r.listen)
-                    .ne(current.reverse.iter().map(|r| r.listen))
-            {
+            // Compared with the configuration the process started with, whose listeners
+            // are the ones bound, not with the last one loaded.
+            if Startup::of(&new) != *proxy.startup() {
                 tracing::warn!(
-                    "listener addresses or max_connections changed: they take effect only after a restart"
+                    "listener addresses or max_connections differ from those the proxy started with: \
+                     they take effect only after a restart"
                 );
             }
             match proxy.reload(new) {

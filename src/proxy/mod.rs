@@ -65,6 +65,28 @@ pub struct Proxy {
     via: headers::Via,
     /// Tunnels and intercepted connections, which outlive the request that opened them.
     tunnels: TaskTracker,
+    startup: Startup,
+}
+
+/// What a reload cannot change: the listeners are bound, and the connection limit sized,
+/// when the process starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Startup {
+    listen: Option<SocketAddr>,
+    reverse: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    max_connections: usize,
+}
+
+impl Startup {
+    pub fn of(config: &Config) -> Startup {
+        Startup {
+            listen: config.listen,
+            reverse: config.reverse.iter().map(|r| r.listen).collect(),
+            admin: config.admin,
+            max_connections: config.limits.max_connections,
+        }
+    }
 }
 
 /// One configuration and the client built for it. A request keeps the state it started
@@ -96,6 +118,7 @@ impl Proxy {
             "{PROXY_NAME}-{}",
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
+        let startup = Startup::of(&config);
         let state = State::new(config, &own_listeners)?;
         record_keys(&metrics, &state.config);
         Ok(Proxy {
@@ -104,6 +127,7 @@ impl Proxy {
             own_listeners,
             via: headers::Via::new(pseudonym),
             tunnels: TaskTracker::new(),
+            startup,
         })
     }
 
@@ -122,6 +146,11 @@ impl Proxy {
         record_keys(&self.metrics, &state.config);
         self.state.store(Arc::new(state));
         Ok(())
+    }
+
+    /// The settings fixed at start-up.
+    pub fn startup(&self) -> &Startup {
+        &self.startup
     }
 
     /// Tunnels and intercepted connections still open.
