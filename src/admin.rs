@@ -85,15 +85,7 @@ async fn serve_with(
 
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Running out of descriptors must not spin or end the listener.
-                    tracing::warn!(error = %err, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = crate::server::accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
         let state = state.clone();

@@ -149,15 +149,7 @@ pub async fn serve(
 
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Running out of descriptors must not spin or end the listener.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
         let Ok(place) = places.clone().try_acquire_owned() else {
@@ -226,6 +218,20 @@ pub async fn serve(
             ?drain,
             "drain deadline passed, closing remaining connections"
         );
+    }
+}
+
+/// The next connection. Failures such as running out of descriptors must neither spin nor
+/// end the listener: they are logged and retried after a pause.
+pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
