@@ -209,18 +209,7 @@ async fn run_serves_curl_and_stops_on_sigterm() {
         .spawn()
         .expect("start asap-proxy");
     let mut logs = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), logs.next_line())
-            .await
-            .expect("proxy starts")
-            .expect("read log")
-            .expect("proxy still running");
-        if line.contains("forward listener ready")
-            && let Some(addr) = line.split("addr=").nth(1)
-        {
-            break addr.split_whitespace().next().expect("address").to_owned();
-        }
-    };
+    let addr = forward_addr(&mut logs).await.to_string();
     let log_task = tokio::spawn(async move {
         let mut all = Vec::new();
         while let Ok(Some(line)) = logs.next_line().await {
@@ -474,21 +463,7 @@ async fn run_from_the_environment_without_a_config_file() {
         .spawn()
         .expect("start asap-proxy");
     let mut logs = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), logs.next_line())
-            .await
-            .expect("proxy starts")
-            .expect("read log")
-            .unwrap_or_else(|| panic!("proxy exited"));
-        if let Some(addr) = line.split("forward listener ready addr=").nth(1) {
-            break addr
-                .split_whitespace()
-                .next()
-                .expect("address")
-                .parse::<std::net::SocketAddr>()
-                .expect("addr");
-        }
-    };
+    let addr = forward_addr(&mut logs).await;
 
     let request = format!(
         "GET http://{0}/ HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n",
@@ -508,4 +483,25 @@ async fn run_from_the_environment_without_a_config_file() {
         "from the data URI"
     );
     let _ = child.start_kill();
+}
+
+/// Reads text log lines until the forward listener reports its address.
+async fn forward_addr(
+    logs: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) -> std::net::SocketAddr {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), logs.next_line())
+            .await
+            .expect("proxy starts")
+            .expect("read log")
+            .unwrap_or_else(|| panic!("proxy exited before its listener was ready"));
+        if let Some(addr) = line.split("forward listener ready addr=").nth(1) {
+            return addr
+                .split_whitespace()
+                .next()
+                .expect("address")
+                .parse()
+                .expect("an address");
+        }
+    }
 }

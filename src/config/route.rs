@@ -259,18 +259,18 @@ fn load_key(
         return Ok((key.clone(), kid.clone(), setting_key));
     }
 
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| {
+            ctx.at(
+                &setting_key,
+                value,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    };
     let mut dir_kid = None;
     let text = zeroize::Zeroizing::new(match field {
-        "private_key_file" => {
-            let path = ctx.path(&value.value);
-            std::fs::read_to_string(&path).map_err(|e| {
-                ctx.at(
-                    &setting_key,
-                    value,
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?
-        }
+        "private_key_file" => read(&ctx.path(&value.value))?,
         "private_key_env" => std::env::var(&value.value).map_err(|_| {
             ctx.at(
                 &setting_key,
@@ -285,13 +285,7 @@ fn load_key(
             let (path, kid) = active_key(ctx, &ctx.path(&value.value), issuer)
                 .map_err(|why| ctx.at(&setting_key, value, why))?;
             dir_kid = Some(kid);
-            std::fs::read_to_string(&path).map_err(|e| {
-                ctx.at(
-                    &setting_key,
-                    value,
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?
+            read(&path)?
         }
         _ => value.value.clone(),
     });
